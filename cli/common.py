@@ -1,0 +1,44 @@
+"""Shared CLI plumbing: consoles and the error wrapper every command uses."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from dsb.errors import DsbError
+
+F = TypeVar("F", bound=Callable)
+
+#: Human-facing output (tables, progress, messages). stdout stays clean for --json.
+console = Console(stderr=True)
+#: Machine-readable output only.
+stdout = Console(soft_wrap=True, highlight=False)
+
+
+def dsb_command(fn: F) -> F:
+    """Turn :class:`DsbError` into a clear message and its exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DsbError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def data_path(path: Path | None, default_name: str) -> Path:
+    """Resolve a data path: the argument, else ``$DSB_DATA/default_name``."""
+    if path is not None:
+        return path
+    root = os.environ.get("DSB_DATA")
+    if not root:
+        raise DsbError(f"no data path given and DSB_DATA is not set (expected {default_name})")
+    return Path(root) / default_name

@@ -1,0 +1,21 @@
+"""Entry point of the `dsb` command: joins the command groups."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="dsb",
+    help="2018 Data Science Bowl toolkit: data, training, prediction, submissions and the competition score.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each command module registers its commands on `app` (one module per command group).
+# --- command modules (one line each) ---
+# --- end command modules ---
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,294 @@
+"""Typed, validated configuration: one dataclass per section, loaded from YAML.
+
+Every key is checked: an unknown key or a value of the wrong type raises
+:class:`dsb.errors.ConfigError` naming the dotted key (``train.epochs``) and the file.
+The resolved config (defaults filled in) is what gets saved beside checkpoints, so a
+checkpoint alone is enough to rebuild its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from dsb.errors import ConfigError
+
+TARGET_CHANNELS = ("body", "border", "touching")
+
+
+@dataclass
+class DataConfig:
+    """Where the training data comes from."""
+
+    #: Kaggle-layout folder or zip (``stage1_train``); ``"synthetic"`` generates data.
+    path: str = "synthetic"
+    #: Instance labels: ``"masks"`` (``masks/*.png``) or a path to an RLE CSV
+    #: (``stage1_train_labels.csv`` or the ``_fixed`` variant).
+    labels: str = "masks"
+    synthetic_n: int = 40
+    synthetic_seed: int = 0
+    #: Keep decoded images/targets in memory between epochs (fast; costs RAM).
+    cache: bool = True
+
+
+@dataclass
+class FoldsConfig:
+    n_folds: int = 4
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """U-Net++ over a timm encoder."""
+
+    encoder: str = "resnet18"
+    #: ``True`` asks timm for pretrained weights (needs network access).
+    pretrained: bool = False
+    #: Local encoder weights file (``.pth``/``.safetensors``), used instead of timm's hub.
+    weights: Optional[str] = None
+    encoder_depth: int = 5
+    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    in_channels: int = 3
+    deep_supervision: bool = True
+    #: ``"accurate"`` averages all nested heads; ``"fast"`` prunes to ``fast_depth``.
+    mode: Literal["accurate", "fast"] = "accurate"
+    fast_depth: int = 4
+
+
+@dataclass
+class TargetsConfig:
+    """Target channels built from instance labels (see :mod:`dsb.data.targets`)."""
+
+    channels: list[str] = field(default_factory=lambda: list(TARGET_CHANNELS))
+    #: Width of the nucleus contour (inner border), in pixels.
+    border_px: int = 2
+    #: Pixels within this distance of two different nuclei are "touching".
+    touching_px: int = 2
+
+
+@dataclass
+class AugmentConfig:
+    crop_px: int = 256
+    scale_min: float = 0.75
+    scale_max: float = 1.33
+    flips: bool = True
+    rotate90: bool = True
+    rotate_deg: float = 15.0
+    p_rotate: float = 0.3
+    p_elastic: float = 0.2
+    p_grid_distortion: float = 0.1
+    p_clahe: float = 0.1
+    p_gamma: float = 0.3
+    p_brightness_contrast: float = 0.5
+    p_hue_saturation: float = 0.3
+    p_noise: float = 0.2
+    #: Invert brightfield images (light background) so they look like fluorescence.
+    invert_brightfield: bool = True
+    #: Random colour inversion probability, for robustness to both polarities.
+    p_invert: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    #: One weight per target channel.
+    channel_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 8
+    #: Optimiser steps per epoch; 0 means one pass over the training fold's images.
+    steps_per_epoch: int = 0
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: int = 1
+    grad_clip: float = 1.0
+    #: EMA decay of the weights (0 disables EMA).
+    ema_decay: float = 0.0
+    #: ``"auto"``: CUDA autocast fp16 on GPU, bf16 on CPU when faster; or force one.
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    #: Validate (predict, postprocess, score mAP) every this many epochs.
+    val_every: int = 1
+    val_tta: Literal["none", "flips", "d4"] = "none"
+
+
+@dataclass
+class PostprocessConfig:
+    """Probabilities to instances: seeds, flood, cleanup (see :mod:`dsb.postprocess`)."""
+
+    seed_threshold: float = 0.7
+    mask_threshold: float = 0.5
+    border_weight: float = 1.0
+    touching_weight: float = 1.0
+    min_seed_area_px: int = 4
+    min_area_px: int = 8
+    fill_holes: bool = True
+    connectivity: int = 1
+
+
+@dataclass
+class InferConfig:
+    tta: Literal["none", "flips", "d4"] = "d4"
+    merge: Literal["mean", "gmean"] = "mean"
+    #: Images with more pixels than this are predicted in overlapping tiles.
+    max_full_px: int = 1024 * 1024
+    tile_px: int = 512
+    tile_overlap_px: int = 64
+    batch_size: int = 4
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> "Config":
+        """Cross-field checks that types alone cannot express."""
+        unknown = [c for c in self.targets.channels if c not in TARGET_CHANNELS]
+        if unknown:
+            raise ConfigError(f"targets.channels: unknown channel(s) {unknown}; choose from {list(TARGET_CHANNELS)}")
+        if not self.targets.channels:
+            raise ConfigError("targets.channels: at least one channel is needed")
+        if len(self.loss.channel_weights) != len(self.targets.channels):
+            raise ConfigError(
+                f"loss.channel_weights: {len(self.loss.channel_weights)} weights for "
+                f"{len(self.targets.channels)} target channels {self.targets.channels}"
+            )
+        if len(self.model.decoder_channels) != self.model.encoder_depth:
+            raise ConfigError(
+                f"model.decoder_channels: needs {self.model.encoder_depth} entries (model.encoder_depth)"
+            )
+        if not 1 <= self.model.fast_depth <= self.model.encoder_depth - 1:
+            raise ConfigError(f"model.fast_depth: must be in 1..{self.model.encoder_depth - 1}")
+        if self.folds.n_folds < 2:
+            raise ConfigError("folds.n_folds: must be at least 2")
+        if self.postprocess.connectivity not in (1, 2):
+            raise ConfigError("postprocess.connectivity: must be 1 or 2")
+        if self.infer.tile_overlap_px * 2 >= self.infer.tile_px:
+            raise ConfigError("infer.tile_overlap_px: must be less than half of infer.tile_px")
+        return self
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a plain dict (e.g. from a checkpoint)."""
+    return _from_dict(Config, data).validate()
+
+
+def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> Config:
+    """Load a YAML config; ``overrides`` are ``section.key=value`` strings (YAML values)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from dsb.utils import atomic_write
+
+    with atomic_write(path) as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)

@@ -1,0 +1,28 @@
+"""Shared fixtures. Test data is synthetic and made here; real data only when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path | None:
+    """``$DSB_DATA`` or ``../shared/dsb2018`` beside the repo, if it holds the stage-1 files."""
+    candidates = [os.environ.get("DSB_DATA"), str(REPO.parent / "shared" / "dsb2018")]
+    for cand in candidates:
+        if cand and (Path(cand) / "stage1_train.zip").is_file():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real DSB2018 stage-1 folder; tests using it are skipped on machines without it."""
+    path = real_data_dir()
+    if path is None:
+        pytest.skip("real DSB2018 data not present (set DSB_DATA or place ../shared/dsb2018)")
+    return path
