@@ -14,6 +14,7 @@ app = typer.Typer(
 
 # Each command module registers its commands on `app` (one module per command group).
 # --- command modules (one line each) ---
+from cli import data as _data; _data.register(app)
 # --- end command modules ---
 
 
