@@ -15,6 +15,7 @@ app = typer.Typer(
 # Each command module registers its commands on `app` (one module per command group).
 # --- command modules (one line each) ---
 from cli import data as _data; _data.register(app)
+from cli import score as _score; _score.register(app)
 # --- end command modules ---
 
 
