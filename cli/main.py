@@ -14,8 +14,10 @@ app = typer.Typer(
 
 # Each command module registers its commands on `app` (one module per command group).
 # --- command modules (one line each) ---
-from cli import data as _data; _data.register(app)
+from cli import train as _train; _train.register(app)
+from cli import predict as _predict; _predict.register(app)
 from cli import score as _score; _score.register(app)
+from cli import data as _data; _data.register(app)
 # --- end command modules ---
 
 

@@ -125,12 +125,18 @@ def runs_to_label_map(
     """
     height, width = int(shape[0]), int(shape[1])
     flat = np.zeros(height * width, dtype=np.int32)
-    n_overlap = 0
-    # Paint in reverse so the first instance is written last and wins.
-    for label in range(len(runs_per_instance), 0, -1):
-        pixels = _run_pixels(runs_per_instance[label - 1], flat.size, f"instance {label}")
-        n_overlap += int(np.count_nonzero(flat[pixels]))
-        flat[pixels] = label
+    pixels = [_run_pixels(runs, flat.size, f"instance {label}") for label, runs in enumerate(runs_per_instance, 1)]
+    if not pixels:
+        return flat.reshape((width, height)).T.copy(), 0
+    sizes = np.array([len(p) for p in pixels])
+    all_pixels = np.concatenate(pixels)
+    labels = np.repeat(np.arange(1, len(pixels) + 1, dtype=np.int32), sizes)
+    flat[all_pixels] = labels
+    n_overlap = int(all_pixels.size - np.count_nonzero(flat))
+    if n_overlap:
+        # Fancy assignment does not define which duplicate wins: make the first win.
+        flat[all_pixels] = np.iinfo(np.int32).max
+        np.minimum.at(flat, all_pixels, labels)
     return flat.reshape((width, height)).T.copy(), n_overlap
 
 
@@ -152,10 +158,16 @@ def _bbox_runs(label_map, boxes, out):  # pragma: no cover - compiled
                     start = r
                     while r < r1 and label_map[r, c] == label:
                         r += 1
-                    out[n, 0] = label
-                    out[n, 1] = c * height + start + 1
-                    out[n, 2] = r - start
-                    n += 1
+                    begin = c * height + start + 1
+                    if n > 0 and out[n - 1, 0] == label and out[n - 1, 1] + out[n - 1, 2] == begin:
+                        # A run that goes on from the bottom of one column into the top
+                        # of the next (full-height boxes) is one run in Kaggle's numbering.
+                        out[n - 1, 2] += r - start
+                    else:
+                        out[n, 0] = label
+                        out[n, 1] = begin
+                        out[n, 2] = r - start
+                        n += 1
                 else:
                     r += 1
     return n

@@ -248,16 +248,17 @@ def test_label_map_round_trip(label_map):
     np.testing.assert_array_equal(label_map, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="label_map_to_runs encodes per column inside the bounding box, so a nucleus "
-    "that runs from the bottom of one column into the top of the next (it spans the "
-    "image's full height) gets two touching runs where rle_encode gives one: still valid "
-    "Kaggle RLE (same pixels, sorted), but longer; in a 1xN image every pixel is a run",
-)
 def test_runs_join_across_columns():
+    """A nucleus running from the bottom of a column into the top of the next (full
+    image height) is one run, exactly as rle_encode of its mask gives."""
     label_map = np.array([[0, 3, 3, 3]], np.int32)  # 1x4: one horizontal nucleus
     assert label_map_to_rows("z", label_map) == [("z", rle_encode(label_map == 3))] == [("z", "2 3")]
+    tall = np.zeros((5, 4), np.int32)
+    tall[3:, 0] = 1
+    tall[:2, 1] = 1  # continues from (4, 0) into (0, 1): pixels 4..7
+    tall[2, 2] = 2
+    assert label_map_to_rows("t", tall) == [("t", "4 4"), ("t", "13 1")]
+    assert label_map_to_rows("t", tall)[0][1] == rle_encode(tall == 1)
 
 
 def test_large_label_id():

@@ -1,0 +1,173 @@
+"""`dsb predict`, `dsb tune`, `dsb evaluate` and `dsb demo`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.common import console, dsb_command, stdout
+from dsb.errors import ConfigError, DsbError
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+
+
+def _progress(**kwargs) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, **kwargs)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("predict")
+    @dsb_command
+    def predict(
+        checkpoint: Annotated[list[str], typer.Option("--checkpoint", "-k", help="A .pt file, a run folder, or a shipped set name; repeat for an ensemble.")],
+        input: Annotated[Path, typer.Option("--input", "-i", help="Folder or zip of images (Kaggle layout).")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Submission CSV to write.")] = Path("submissions/submission.csv"),
+        tta: Annotated[Optional[str], typer.Option(help="none | flips | d4 (default: the config's).")] = None,
+        save_probs: Annotated[Optional[Path], typer.Option("--save-probs", help="Folder for probability maps (uint8 .npy).")] = None,
+        overlays: Annotated[Optional[Path], typer.Option("--overlays", help="Folder for overlay PNGs.")] = None,
+        device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    ) -> None:
+        """Predict a folder or zip of images and write a validated Kaggle submission."""
+        from dsb.data.kaggle import open_stage
+        from dsb.evaluate import load_run_config
+        from dsb.infer.pipeline import predict_stage, resolve_checkpoints
+        from dsb.infer.predict import load_models
+        from dsb.train import resolve_device
+
+        if tta is not None and tta not in ("none", "flips", "d4"):
+            raise ConfigError(f"--tta: {tta!r} is not one of none, flips, d4")
+        paths = resolve_checkpoints(checkpoint)
+        dev = resolve_device(device)
+        models, cfg = load_models(paths, device=str(dev))
+        # A run folder may carry tuned thresholds (dsb tune): use them.
+        for spec in checkpoint:
+            if (Path(spec) / "config.yaml").is_file():
+                tuned = load_run_config(Path(spec))
+                cfg = dataclasses.replace(cfg, postprocess=tuned.postprocess)
+        stage = open_stage(input, labels=None)
+        console.print(f"{len(paths)} model(s), {len(stage.image_ids)} images, TTA {tta or cfg.infer.tta}, device {dev}")
+        with _progress() as progress:
+            task = progress.add_task("predict", total=len(stage.image_ids))
+            summary = predict_stage(
+                models, cfg, stage, out, device=str(dev), tta=tta, save_probs_dir=save_probs,
+                overlays_dir=overlays, on_image=lambda _id, n: progress.update(task, completed=n),
+            )
+        console.print(
+            f"wrote [bold]{summary.out_csv}[/]: {summary.n_images} images, {summary.n_nuclei} nuclei; "
+            f"model {summary.model_seconds:.1f}s, postprocess {summary.postprocess_seconds:.1f}s (in parallel), "
+            f"wall {summary.wall_seconds:.1f}s"
+        )
+        if overlays is not None:
+            console.print(f"overlays in {overlays}")
+
+    @app.command("tune")
+    @dsb_command
+    def tune_cmd(
+        run_dir: Annotated[Path, typer.Argument(help="A training run folder.")],
+        rounds: Annotated[int, typer.Option(help="Coordinate-search rounds.")] = 2,
+    ) -> None:
+        """Search the postprocessing thresholds that maximise the out-of-fold mAP.
+
+        The best values are written to RUN_DIR/postprocess.yaml and used from then on
+        by `dsb evaluate` and `dsb predict --checkpoint RUN_DIR`.
+        """
+        from dsb.evaluate import load_oof, load_run_config, save_tuned, tune
+
+        cfg = load_run_config(run_dir)
+        items = load_oof(run_dir, cfg)
+        console.print(f"{len(items)} out-of-fold images; searching {', '.join(cfg.targets.channels)} postprocessing")
+        with _progress(transient=True) as progress:
+            task = progress.add_task("tune", total=None)
+            result = tune(items, cfg.targets.channels, cfg.postprocess, rounds=rounds,
+                          on_eval=lambda _p, _m: progress.advance(task))
+        path = save_tuned(run_dir, result)
+        table = Table(title=f"tuned postprocessing ({result.n_evaluations} evaluations)")
+        table.add_column("field")
+        table.add_column("before")
+        table.add_column("after")
+        for name, value in result.best.__dict__.items():
+            table.add_row(name, str(getattr(cfg.postprocess, name)), str(value))
+        table.add_row("[bold]OOF mAP", f"{result.start_map:.4f}", f"[bold]{result.best_map:.4f}")
+        console.print(table)
+        console.print(f"wrote {path}")
+
+    @app.command("evaluate")
+    @dsb_command
+    def evaluate_cmd(
+        run_dir: Annotated[Path, typer.Argument(help="A training run folder.")],
+        out_csv: Annotated[Optional[Path], typer.Option("--out", help="Per-image CSV (default RUN_DIR/oof_scores.csv).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    ) -> None:
+        """Score a run's out-of-fold predictions: overall, per image type, per threshold."""
+        from dsb.evaluate import evaluate_run, write_per_image_csv
+        from dsb.metrics import THRESHOLDS
+
+        report = evaluate_run(run_dir)
+        path = write_per_image_csv(report, out_csv or run_dir / "oof_scores.csv")
+        if as_json:
+            stdout.print_json(json.dumps({
+                "map": report.score.map, "n_images": report.score.n_images,
+                "per_type": {r.image_type: {"n_images": int(r.n_images), "map": float(r.map)} for r in report.per_type.itertuples()},
+                "per_fold": {str(r.fold): {"n_images": int(r.n_images), "map": float(r.map)} for r in report.per_fold.itertuples()},
+                "per_threshold": dict(zip([f"{t:.2f}" for t in THRESHOLDS], map(float, report.score.per_threshold))),
+                "error_kinds": report.error_kinds, "per_image_csv": str(path),
+            }))
+            return
+        console.print(f"[bold]out-of-fold mAP {report.score.map:.4f}[/] over {report.score.n_images} images")
+        table = Table(title="per image type")
+        for col in ("image type", "images", "mAP"):
+            table.add_column(col)
+        for r in report.per_type.itertuples():
+            table.add_row(r.image_type, str(r.n_images), f"{r.map:.4f}")
+        console.print(table)
+        thr = Table(title="per IoU threshold")
+        thr.add_column("t")
+        thr.add_column("TP/(TP+FP+FN)")
+        for t, v in zip(THRESHOLDS, report.score.per_threshold):
+            thr.add_row(f"{t:.2f}", f"{v:.4f}")
+        console.print(thr)
+        console.print("error kinds at IoU 0.5: " + ", ".join(f"{k} {v:.3g}" for k, v in report.error_kinds.items()))
+        console.print(f"per-image scores: {path}")
+
+    @app.command("demo")
+    @dsb_command
+    def demo(
+        data: Annotated[Optional[Path], typer.Option("--data", help="Folder with stage1_train(.zip) and stage1_test(.zip); default: synthetic.")] = None,
+        config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Training config (default configs/demo.yaml).")] = None,
+        out: Annotated[Path, typer.Option("--out", help="Submission CSV.")] = Path("submissions/demo.csv"),
+        work_dir: Annotated[Path, typer.Option("--work-dir", help="Run folder, synthetic data, probabilities, overlays.")] = Path("demo_out"),
+        set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: section.key=value.")] = None,
+    ) -> None:
+        """The main job end to end: data, training, TTA prediction, watershed, submission, score."""
+        from dsb.config import load_config
+        from dsb.demo import run_demo
+
+        cfg_path = config or DEMO_CONFIG
+        cfg = load_config(cfg_path, list(set_ or []))
+        with _progress() as progress:
+            task = progress.add_task("train fold 0", total=cfg.train.epochs)
+            result = run_demo(
+                cfg, work_dir, out, data=data, log=lambda m: progress.console.print(m),
+                on_epoch=lambda rec: (progress.update(task, completed=rec.epoch + 1),
+                                      progress.console.print(f"epoch {rec.epoch}: loss {rec.loss:.4f}"
+                                                             + ("" if rec.val_map is None else f", val mAP {rec.val_map:.4f}"))),
+            )
+        table = Table(title="dsb demo")
+        table.add_column("")
+        table.add_column("watershed (ours)")
+        table.add_column("thresholding alone")
+        table.add_row("out-of-fold mAP (fold 0)", f"{result.oof_map:.4f}", f"{result.oof_threshold_map:.4f}")
+        if result.watershed_map is not None:
+            table.add_row(f"test mAP ({result.n_test_images} synthetic images)", f"[bold]{result.watershed_map:.4f}", f"{result.threshold_map:.4f}")
+        console.print(table)
+        console.print(f"submission (validated): [bold]{result.submission}[/]")
+        for p in result.overlays:
+            console.print(f"overlay: {p}")

@@ -1,0 +1,79 @@
+"""Deterministic K-fold splits stratified by image type, saved as ``folds.csv``.
+
+Each image type is shuffled with the seed and dealt round-robin over the folds, starting
+where the previous type stopped, so every fold gets its share of every type and the fold
+sizes differ by at most one. The split is written once per run folder and reused, so a
+resumed or repeated run trains on exactly the same folds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from dsb.errors import DataError
+from dsb.utils import atomic_write
+
+FOLDS_FILE = "folds.csv"
+
+
+def make_folds(image_ids: Sequence[str], image_types: Sequence[str], n_folds: int, seed: int = 0) -> pd.DataFrame:
+    """Assign each image to one of ``n_folds`` folds, stratified by ``image_types``.
+
+    Returns a DataFrame with columns ``image_id``, ``image_type``, ``fold`` sorted by id.
+    """
+    if len(image_ids) != len(image_types):
+        raise ValueError("image_ids and image_types differ in length")
+    if len(image_ids) < n_folds:
+        raise DataError(f"{len(image_ids)} images cannot be split into {n_folds} folds")
+    frame = pd.DataFrame({"image_id": list(image_ids), "image_type": list(image_types)})
+    frame = frame.sort_values("image_id", kind="stable").reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(frame), dtype=np.int64)
+    next_fold = 0
+    for image_type in sorted(frame["image_type"].unique()):
+        index = np.flatnonzero(frame["image_type"].to_numpy() == image_type)
+        index = index[rng.permutation(len(index))]
+        folds[index] = (next_fold + np.arange(len(index))) % n_folds
+        next_fold = (next_fold + len(index)) % n_folds
+    frame["fold"] = folds
+    return frame
+
+
+def save_folds(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_write(path) as fh:
+        frame.to_csv(fh, index=False)
+
+
+def load_folds(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype={"image_id": str, "image_type": str, "fold": int})
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a data error here
+        raise DataError(f"{path}: cannot read folds file: {exc}") from None
+    missing = {"image_id", "image_type", "fold"} - set(frame.columns)
+    if missing:
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}")
+    return frame
+
+
+def load_or_make_folds(
+    run_dir: Path, image_ids: Sequence[str], image_types: Sequence[str], n_folds: int, seed: int
+) -> pd.DataFrame:
+    """Reuse ``run_dir/folds.csv`` if present (checking it covers the same images)."""
+    path = Path(run_dir) / FOLDS_FILE
+    if path.is_file():
+        frame = load_folds(path)
+        if set(frame["image_id"]) != set(image_ids):
+            raise DataError(
+                f"{path}: its images differ from the training data's "
+                f"({len(frame)} vs {len(image_ids)} ids); use a new run folder"
+            )
+        if frame["fold"].max() + 1 != n_folds:
+            raise DataError(f"{path}: has {frame['fold'].max() + 1} folds, config asks for {n_folds}")
+        return frame
+    frame = make_folds(image_ids, image_types, n_folds, seed)
+    save_folds(frame, path)
+    return frame

@@ -1,0 +1,161 @@
+"""From checkpoints and a folder (or zip) of images to a validated submission CSV.
+
+Images stream through one at a time: the model predicts probabilities (with TTA,
+tiling, and the fold ensemble) in the main thread while a pool of workers turns earlier
+images' probabilities into instances and RLE rows, so memory stays flat in the number of
+images and postprocessing overlaps with the model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from dsb.config import Config
+from dsb.errors import CheckpointError
+
+#: Shipped checkpoint sets live here (``weights/<name>/*.pt``), found by name.
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+
+
+def resolve_checkpoints(specs: Sequence[str | Path], weights_dir: Path = WEIGHTS_DIR) -> list[Path]:
+    """Checkpoint files for ``--checkpoint`` values.
+
+    Each spec is a ``.pt`` file, a run folder (its ``fold*/best.pt``), a folder of
+    ``.pt`` files (a shipped set), or the name of a shipped set under ``weights/``.
+    """
+    paths: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if not path.exists() and (weights_dir / str(spec)).exists():
+            path = weights_dir / str(spec)
+        if path.is_file():
+            paths.append(path)
+        elif path.is_dir():
+            found = sorted(path.glob("fold*/best.pt")) or sorted(path.glob("*.pt"))
+            if not found:
+                raise CheckpointError(f"{path}: no fold*/best.pt or *.pt checkpoints in this folder")
+            paths.extend(found)
+        else:
+            shipped = sorted(p.name for p in weights_dir.iterdir() if p.is_dir()) if weights_dir.is_dir() else []
+            hint = f" (shipped sets: {', '.join(shipped)})" if shipped else ""
+            raise CheckpointError(f"{spec}: no such checkpoint file, run folder or shipped set{hint}")
+    return paths
+
+
+@dataclass
+class PredictionSummary:
+    out_csv: Path
+    n_images: int
+    n_nuclei: int
+    model_seconds: float
+    postprocess_seconds: float
+    wall_seconds: float
+    overlays: list[Path] = field(default_factory=list)
+    label_maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _postprocess(image_id, probs, channels, post_cfg, keep_image, overlays_dir, want_overlay):
+    from dsb.postprocess import labels_from_probs
+    from dsb.rle import label_map_to_rows
+
+    t0 = time.perf_counter()
+    label_map = labels_from_probs(probs, channels, post_cfg)
+    rows = label_map_to_rows(image_id, label_map)
+    overlay_path = None
+    if want_overlay and overlays_dir is not None:
+        from dsb.viz import overlay_instances, save_png
+
+        overlay_path = save_png(Path(overlays_dir) / f"{image_id}.png", overlay_instances(keep_image, label_map))
+    return image_id, label_map, rows, overlay_path, time.perf_counter() - t0
+
+
+def predict_stage(
+    models: Sequence,
+    cfg: Config,
+    stage,
+    out_csv: Path,
+    *,
+    device: str = "cpu",
+    tta: Optional[str] = None,
+    image_ids: Optional[Sequence[str]] = None,
+    save_probs_dir: Optional[Path] = None,
+    overlays_dir: Optional[Path] = None,
+    max_overlays: Optional[int] = None,
+    keep_label_maps: bool = False,
+    workers: Optional[int] = None,
+    on_image: Optional[Callable[[str, int], None]] = None,
+) -> PredictionSummary:
+    """Predict every image of ``stage`` and write a validated submission to ``out_csv``.
+
+    ``cfg`` supplies the target channels, inference and postprocessing settings
+    (usually the checkpoint's own config, possibly with tuned thresholds); ``tta``
+    overrides ``cfg.infer.tta``. Writing is atomic and the file is validated before it
+    is written (every image gets a row, empty where nothing was found).
+    """
+    from dsb.data.dataset import prepare_image
+    from dsb.infer.predict import predict_probs
+    from dsb.submission import write_submission
+
+    ids = list(image_ids) if image_ids is not None else list(stage.image_ids)
+    tta = tta or cfg.infer.tta
+    workers = workers or max(1, (os.cpu_count() or 1))
+    rows: list[tuple[str, str]] = []
+    shapes: dict[str, tuple[int, int]] = {}
+    label_maps: dict[str, np.ndarray] = {}
+    overlays: list[Path] = []
+    model_seconds = post_seconds = 0.0
+    n_nuclei = 0
+    t_start = time.perf_counter()
+    pending: deque[Future] = deque()
+
+    def drain(block_until: int) -> None:
+        nonlocal post_seconds, n_nuclei
+        while len(pending) > block_until:
+            image_id, label_map, image_rows, overlay_path, seconds = pending.popleft().result()
+            rows.extend(image_rows)
+            n_nuclei += int(sum(1 for _, r in image_rows if r))
+            post_seconds += seconds
+            if overlay_path is not None:
+                overlays.append(overlay_path)
+            if keep_label_maps:
+                label_maps[image_id] = label_map
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for index, image_id in enumerate(ids):
+            raw = stage.read_image_uint8(image_id)
+            shapes[image_id] = raw.shape[:2]
+            image = prepare_image(raw, cfg.augment.invert_brightfield).astype(np.float32) / 255.0
+            t0 = time.perf_counter()
+            probs = predict_probs(models, image, cfg.infer, device=device, tta=tta)
+            model_seconds += time.perf_counter() - t0
+            if save_probs_dir is not None:
+                from dsb.train import quantise_probs
+
+                Path(save_probs_dir).mkdir(parents=True, exist_ok=True)
+                np.save(Path(save_probs_dir) / f"{image_id}.npy", quantise_probs(probs))
+            want_overlay = max_overlays is None or index < max_overlays
+            pending.append(pool.submit(
+                _postprocess, image_id, probs, cfg.targets.channels, cfg.postprocess,
+                raw if want_overlay else None, overlays_dir, want_overlay,
+            ))
+            # Bound the queue so memory stays flat: at most 2 images per worker in flight.
+            drain(2 * workers)
+            if on_image is not None:
+                on_image(image_id, index + 1)
+        drain(0)
+    order = {image_id: i for i, image_id in enumerate(ids)}
+    rows.sort(key=lambda r: order[r[0]])  # stable: keeps each image's instance order
+    write_submission(out_csv, rows, image_shapes=shapes)
+    return PredictionSummary(
+        out_csv=Path(out_csv), n_images=len(ids), n_nuclei=n_nuclei, model_seconds=model_seconds,
+        postprocess_seconds=post_seconds, wall_seconds=time.perf_counter() - t_start,
+        overlays=overlays, label_maps=label_maps,
+    )

@@ -1,0 +1,438 @@
+"""Training U-Net++ on one cross-validation fold, with validation by the competition mAP.
+
+Layout of a run folder (``runs/<name>`` by default)::
+
+    config.yaml        the resolved config (defaults filled in)
+    folds.csv          image_id, image_type, fold  (made once, reused)
+    fold<k>/last.pt    everything needed to resume, written atomically every epoch
+    fold<k>/best.pt    the weights of the best epoch by validation mAP (EMA if enabled)
+    fold<k>/metrics.jsonl   one JSON record per epoch
+    fold<k>/oof/<image_id>.npy   out-of-fold probabilities of the best epoch, uint8 (K, H, W)
+
+"Best" means best mAP of the real pipeline (predict, postprocess to instances, score
+with :mod:`dsb.metrics`), not best loss. A run killed at any point resumes from
+``last.pt`` and loses at most the epoch in progress; since every sample is a pure
+function of ``(seed, epoch, index)`` the resumed run sees the same data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsb.config import Config, DataConfig, save_config
+from dsb.data.dataset import EpochDataset, Sample, prepare_image
+from dsb.errors import CheckpointError, ConfigError, DataError
+from dsb.utils import atomic_write
+
+OOF_DIR = "oof"
+
+
+# ----------------------------------------------------------------------------- set-up
+@dataclass(frozen=True)
+class DistInfo:
+    """Process-group facts for DistributedDataParallel (torchrun sets them in the env)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device: {name!r} asked for but CUDA is not available")
+        if dist.enabled and name == "cuda":
+            name = f"cuda:{dist.local_rank}"
+    return torch.device(name)
+
+
+def autocast_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for ``train.amp`` on ``device`` (None: plain fp32).
+
+    ``auto`` means fp16 on CUDA (bf16 where the GPU supports it) and bf16 on CPUs
+    with native bf16 instructions (AVX512-BF16/AMX), where it measured faster
+    (``benchmarks/model_speed.py``); fp32 on other CPUs.
+    """
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- data
+def load_samples(data: DataConfig, invert_light_background: bool) -> list[Sample]:
+    """All labelled training images in memory (uint8 images, int32 label maps)."""
+    from dsb.data.imagetypes import classify_image
+
+    samples = []
+    if data.path == "synthetic":
+        from dsb.data.synthetic import generate_samples
+
+        items = generate_samples(n=data.synthetic_n, seed=data.synthetic_seed)
+        for image_id, image, label_map in items:
+            image_type = classify_image(image.astype(np.float32) / 255.0)
+            samples.append(Sample(image_id, prepare_image(image, invert_light_background), label_map, image_type))
+        return samples
+    from dsb.data.kaggle import open_stage
+
+    labels = data.labels
+    stage = open_stage(data.path, labels=labels)
+    if not stage.has_labels:
+        raise DataError(f"{data.path}: has no instance labels (masks/ or data.labels CSV)")
+    for image_id in stage.labelled_ids:
+        image = stage.read_image_uint8(image_id)
+        label_map = stage.read_label_map(image_id)
+        image_type = classify_image(image.astype(np.float32) / 255.0)
+        samples.append(Sample(image_id, prepare_image(image, invert_light_background), label_map, image_type))
+    return samples
+
+
+# ----------------------------------------------------------------------------- loss
+class SegLoss(nn.Module):
+    """BCE + soft Dice per target channel, weighted per channel, averaged over heads."""
+
+    def __init__(self, channel_weights: Sequence[float], bce_weight: float = 1.0, dice_weight: float = 1.0):
+        super().__init__()
+        weights = torch.as_tensor(list(channel_weights), dtype=torch.float32)
+        self.register_buffer("channel_weights", weights / weights.sum())
+        self.bce_weight = bce_weight
+        self.dice_weight = dice_weight
+
+    def single(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=(0, 2, 3))
+        probs = torch.sigmoid(logits)
+        inter = (probs * targets).sum(dim=(0, 2, 3))
+        denom = probs.sum(dim=(0, 2, 3)) + targets.sum(dim=(0, 2, 3))
+        dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
+        per_channel = self.bce_weight * bce + self.dice_weight * dice
+        return (per_channel * self.channel_weights).sum()
+
+    def forward(self, outputs, targets: torch.Tensor) -> torch.Tensor:
+        heads = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return sum(self.single(h, targets) for h in heads) / len(heads)
+
+
+def make_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+    if cfg.train.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.train.lr, total_steps=total)
+    warmup = min(cfg.train.warmup_epochs * steps_per_epoch, total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if cfg.train.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------- validation
+def predict_sample_probs(model: nn.Module, image_uint8: np.ndarray, cfg: Config, device: torch.device) -> np.ndarray:
+    """Probabilities (K, H, W) for one prepared uint8 image with the validation TTA."""
+    from dsb.infer.predict import predict_probs
+
+    image = image_uint8.astype(np.float32) / 255.0
+    return predict_probs([model], image, cfg.infer, device=device, tta=cfg.train.val_tta)
+
+
+def evaluate_samples(
+    model: nn.Module, samples: Sequence[Sample], cfg: Config, device: torch.device,
+    keep_probs: bool = False,
+) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
+    """Validation mAP of ``model`` on ``samples`` with the real pipeline.
+
+    Returns ``(map, per_image_score, probs)``; ``probs`` (uint8-quantised, (K, H, W))
+    only with ``keep_probs``.
+    """
+    from dsb.metrics import image_score
+    from dsb.postprocess import labels_from_probs
+
+    per_image: dict[str, float] = {}
+    kept: dict[str, np.ndarray] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for sample in samples:
+            probs = predict_sample_probs(model, sample.image, cfg, device)
+            pred = labels_from_probs(probs, cfg.targets.channels, cfg.postprocess)
+            per_image[sample.image_id] = float(image_score(sample.label_map, pred).score)
+            if keep_probs:
+                kept[sample.image_id] = quantise_probs(probs)
+    finally:
+        model.train(was_training)
+    score = float(np.mean(list(per_image.values()))) if per_image else 0.0
+    return score, per_image, kept
+
+
+def quantise_probs(probs: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as uint8 (step 1/255): a quarter of float32's disk."""
+    return np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
+
+
+def dequantise_probs(stored: np.ndarray) -> np.ndarray:
+    return stored.astype(np.float32) / 255.0
+
+
+def write_oof(fold_dir: Path, probs: dict[str, np.ndarray]) -> None:
+    """Replace ``fold_dir/oof`` with ``probs`` as a whole (never half old, half new)."""
+    final = fold_dir / OOF_DIR
+    staging = fold_dir / (OOF_DIR + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for image_id, arr in probs.items():
+        np.save(staging / f"{image_id}.npy", arr)
+    old = fold_dir / (OOF_DIR + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    lr: float
+    images_per_s: float
+    val_map: Optional[float]
+    best_map: float
+    seconds: float
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    fold_dir: Path
+    best_map: float
+    best_epoch: int
+    history: list[EpochRecord] = field(default_factory=list)
+    #: The trained model (last epoch's weights) of this process.
+    model: Optional[nn.Module] = None
+
+
+StepCallback = Callable[[int, int, int, float, float], None]  # epoch, step, n_steps, loss, img/s
+EpochCallback = Callable[[EpochRecord], None]
+
+
+def _write_history(path: Path, history: Sequence[EpochRecord]) -> None:
+    with atomic_write(path) as fh:
+        for rec in history:
+            fh.write(rec.to_json() + "\n")
+
+
+def _read_history(path: Path) -> list[EpochRecord]:
+    if not path.is_file():
+        return []
+    return [EpochRecord(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
+    """Write the resolved config and the folds of a run (reusing existing folds)."""
+    from dsb.data.folds import load_or_make_folds
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return load_or_make_folds(
+        run_dir, [s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds, cfg.folds.seed
+    )
+
+
+def train_fold(
+    cfg: Config,
+    run_dir: Path,
+    fold: int,
+    samples: Sequence[Sample],
+    resume: bool = False,
+    dist: DistInfo = DistInfo(),
+    on_step: Optional[StepCallback] = None,
+    on_epoch: Optional[EpochCallback] = None,
+    max_epochs: Optional[int] = None,
+) -> FoldResult:
+    """Train one fold; returns the best validation mAP and where the checkpoints are.
+
+    ``samples`` are all labelled images; the fold's images (from ``run_dir/folds.csv``)
+    are held out for validation. ``max_epochs`` stops early (the schedule still spans
+    ``cfg.train.epochs``), which tests use to simulate an interruption.
+    """
+    from dsb.models import build_model
+    from dsb.models.checkpoint import load_checkpoint, save_checkpoint
+
+    if not 0 <= fold < cfg.folds.n_folds:
+        raise ConfigError(f"fold {fold} is out of range for folds.n_folds={cfg.folds.n_folds}")
+    folds = prepare_run(cfg, run_dir, samples) if dist.is_main else None
+    if dist.enabled:
+        torch.distributed.barrier()
+    if folds is None:
+        from dsb.data.folds import load_folds
+
+        folds = load_folds(run_dir / "folds.csv")
+    fold_of = dict(zip(folds["image_id"], folds["fold"]))
+    train_samples = [s for s in samples if fold_of[s.image_id] != fold]
+    val_samples = [s for s in samples if fold_of[s.image_id] == fold]
+    fold_dir = run_dir / f"fold{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device, dist)
+    amp_dtype = autocast_dtype(cfg.train.amp, device)
+    model = build_model(cfg).to(device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+
+    batch = cfg.train.batch_size
+    steps = cfg.train.steps_per_epoch or max(1, math.ceil(len(train_samples) / batch))
+    # Each process draws its share of the epoch's crops (DistributedSampler below).
+    dataset = EpochDataset(train_samples, cfg.augment, cfg.targets, length=steps * batch * dist.world_size, seed=cfg.train.seed)
+    sampler = None
+    if dist.enabled:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=False, drop_last=True
+        )
+    loader_kwargs = dict(batch_size=batch, shuffle=False, sampler=sampler, drop_last=True,
+                         num_workers=cfg.train.num_workers, persistent_workers=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=(amp_dtype == torch.float16))
+    ema = None
+    if cfg.train.ema_decay > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema_decay)
+        )
+    loss_fn = SegLoss(cfg.loss.channel_weights, cfg.loss.bce_weight, cfg.loss.dice_weight).to(device)
+
+    start_epoch, best_map, best_epoch = 0, -1.0, -1
+    history: list[EpochRecord] = []
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path, map_location=device)
+        extra = state["extra"]
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        scaler.load_state_dict(extra["scaler"])
+        if ema is not None and extra.get("ema") is not None:
+            ema.load_state_dict(extra["ema"])
+        start_epoch = int(extra["epoch"]) + 1
+        best_map, best_epoch = float(extra["best_map"]), int(extra["best_epoch"])
+        history = [r for r in _read_history(fold_dir / "metrics.jsonl") if r.epoch < start_epoch]
+    elif resume:
+        raise CheckpointError(f"{last_path}: nothing to resume (no last.pt in {fold_dir})")
+
+    net: nn.Module = model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    end_epoch = cfg.train.epochs if max_epochs is None else min(cfg.train.epochs, max_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.perf_counter()
+        dataset.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(dataset, **loader_kwargs)
+        net.train()
+        loss_sum, seen = 0.0, 0
+        for step, (images, targets) in enumerate(loader):
+            images = images.to(device, non_blocking=True).to(memory_format=memory_format)
+            targets = targets.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                outputs = net(images)
+            loss = loss_fn(outputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.train.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            loss_sum += float(loss.detach()) * images.shape[0]
+            seen += images.shape[0]
+            if on_step is not None and dist.is_main:
+                on_step(epoch, step + 1, steps, loss_sum / seen, seen * dist.world_size / (time.perf_counter() - t0))
+        train_seconds = time.perf_counter() - t0
+        eval_model = ema.module if ema is not None else model
+        val_map = None
+        if dist.is_main and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs):
+            val_map, _, probs = evaluate_samples(eval_model, val_samples, cfg, device, keep_probs=True)
+            if val_map > best_map:
+                best_map, best_epoch = val_map, epoch
+                save_checkpoint(best_path, eval_model, cfg, epoch=epoch, val_map=val_map, fold=fold)
+                write_oof(fold_dir, probs)
+        record = EpochRecord(
+            epoch=epoch, loss=loss_sum / max(seen, 1), lr=optimizer.param_groups[0]["lr"],
+            images_per_s=seen * dist.world_size / max(train_seconds, 1e-9), val_map=val_map,
+            best_map=best_map, seconds=time.perf_counter() - t0,
+        )
+        if dist.is_main:
+            history.append(record)
+            _write_history(fold_dir / "metrics.jsonl", history)
+            save_checkpoint(
+                last_path, model, cfg, epoch=epoch, fold=fold, best_map=best_map, best_epoch=best_epoch,
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                ema=ema.state_dict() if ema is not None else None,
+            )
+            if on_epoch is not None:
+                on_epoch(record)
+        if dist.enabled:
+            torch.distributed.barrier()
+    return FoldResult(fold=fold, fold_dir=fold_dir, best_map=best_map, best_epoch=best_epoch, history=history, model=model)

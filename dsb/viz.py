@@ -1,0 +1,77 @@
+"""Pictures for humans: overlays of instances on images, training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from skimage.segmentation import find_boundaries
+
+from dsb.utils import atomic_write
+
+
+def label_colours(n_labels: int, seed: int = 0) -> np.ndarray:
+    """``(n_labels + 1, 3)`` uint8 colours, one per label; index 0 (background) black.
+
+    Hues are spread by the golden ratio so neighbouring labels differ, saturated and
+    bright enough to show on dark fluorescence and on light brightfield images.
+    """
+    from matplotlib.colors import hsv_to_rgb
+
+    hues = (np.arange(n_labels) * 0.618033988749895 + seed * 0.1) % 1.0
+    hsv = np.stack([hues, np.full(n_labels, 0.9), np.full(n_labels, 1.0)], axis=1)
+    colours = np.zeros((n_labels + 1, 3), np.uint8)
+    colours[1:] = np.round(hsv_to_rgb(hsv) * 255).astype(np.uint8)
+    return colours
+
+
+def overlay_instances(image: np.ndarray, label_map: np.ndarray) -> np.ndarray:
+    """The image (uint8 or float in [0, 1], HxWx3 or HxW) with each nucleus outlined in
+    its own colour. Returns uint8 (H, W, 3)."""
+    if image.dtype != np.uint8:
+        image = np.clip(np.asarray(image, np.float32) * 255.0, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    out = image[..., :3].copy()
+    edges = find_boundaries(label_map, mode="inner")
+    if label_map.max() > 0:
+        colours = label_colours(int(label_map.max()))
+        out[edges] = colours[label_map[edges]]
+    return out
+
+
+def save_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write an RGB uint8 array as PNG, atomically."""
+    path = Path(path)
+    with atomic_write(path, "wb") as fh:
+        Image.fromarray(array).save(fh, format="PNG")
+    return path
+
+
+def plot_training_curves(histories: dict[str, Sequence[dict]], path: str | Path) -> Path:
+    """Loss and validation mAP per epoch for several runs/folds, saved as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, records in histories.items():
+        epochs = [r["epoch"] for r in records]
+        ax_loss.plot(epochs, [r["loss"] for r in records], label=name)
+        val = [(r["epoch"], r["val_map"]) for r in records if r.get("val_map") is not None]
+        if val:
+            ax_map.plot(*zip(*val), marker="o", label=name)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
+    ax_map.set(xlabel="epoch", ylabel="validation mAP", title="Validation mAP (competition metric)")
+    for ax in (ax_loss, ax_map):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+    return path

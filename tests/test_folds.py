@@ -1,0 +1,39 @@
+import pandas as pd
+import pytest
+
+from dsb.data.folds import load_or_make_folds, make_folds
+from dsb.errors import DataError
+
+
+def _ids(n):
+    return [f"{i:04d}" for i in range(n)]
+
+
+def test_folds_are_stratified_balanced_and_deterministic():
+    ids = _ids(103)
+    types = ["fluorescence"] * 80 + ["stained"] * 17 + ["brightfield"] * 6
+    a = make_folds(ids, types, 4, seed=3)
+    b = make_folds(list(reversed(ids)), list(reversed(types)), 4, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    sizes = a["fold"].value_counts()
+    assert sizes.max() - sizes.min() <= 1
+    for _, group in a.groupby("image_type"):
+        counts = group["fold"].value_counts().reindex(range(4), fill_value=0)
+        assert counts.max() - counts.min() <= 1
+    assert not make_folds(ids, types, 4, seed=4)["fold"].equals(a["fold"])
+
+
+def test_folds_file_is_reused_and_checked(tmp_path):
+    ids, types = _ids(12), ["a"] * 12
+    first = load_or_make_folds(tmp_path, ids, types, 3, seed=0)
+    again = load_or_make_folds(tmp_path, ids, types, 3, seed=99)  # seed ignored: file reused
+    pd.testing.assert_frame_equal(first, again)
+    with pytest.raises(DataError, match="differ"):
+        load_or_make_folds(tmp_path, _ids(13), ["a"] * 13, 3, seed=0)
+    with pytest.raises(DataError, match="folds"):
+        load_or_make_folds(tmp_path, ids, types, 4, seed=0)
+
+
+def test_too_few_images():
+    with pytest.raises(DataError):
+        make_folds(["a", "b"], ["x", "x"], 4)

@@ -1,0 +1,145 @@
+"""Training: a short run learns (validation mAP far above an untrained model), the
+data order is a pure function of (seed, epoch, index), and a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dsb.config import config_from_dict, save_config
+from dsb.data.dataset import EpochDataset
+from dsb.train import SegLoss, evaluate_samples, load_samples, train_fold
+
+TINY = {
+    "name": "tiny",
+    "data": {"path": "synthetic", "synthetic_n": 16, "synthetic_seed": 0},
+    "folds": {"n_folds": 4, "seed": 0},
+    "model": {"encoder": "resnet10t", "decoder_channels": [32, 16, 16, 8, 8]},
+    "augment": {"crop_px": 96},
+    "train": {"epochs": 8, "batch_size": 8, "steps_per_epoch": 6, "lr": 0.01, "val_every": 4,
+              "amp": "off", "warmup_epochs": 1},
+    "infer": {"tta": "none"},
+}
+
+
+def tiny_cfg(**train):
+    data = json.loads(json.dumps(TINY))
+    data["train"].update(train)
+    return config_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    cfg = tiny_cfg()
+    return load_samples(cfg.data, cfg.augment.invert_brightfield)
+
+
+def test_epoch_dataset_is_a_pure_function_of_seed_epoch_index(samples):
+    cfg = tiny_cfg()
+    a = EpochDataset(samples, cfg.augment, cfg.targets, length=6, seed=1)
+    b = EpochDataset(samples, cfg.augment, cfg.targets, length=6, seed=1)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    for i in (5, 0, 2):  # any access order
+        xa, ya = a[i]
+        xb, yb = b[i]
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    image, targets = a[0]
+    assert image.shape == (3, 96, 96) and image.dtype == torch.float32
+    assert targets.shape == (3, 96, 96) and set(torch.unique(targets).tolist()) <= {0.0, 1.0}
+    a.set_epoch(4)
+    assert not torch.equal(a[0][0], xb) or not torch.equal(a[1][0], b[1][0])
+
+
+def test_loss_is_lower_for_right_answers():
+    loss = SegLoss([1.0, 0.5, 0.5])
+    targets = (torch.rand(2, 3, 16, 16) > 0.5).float()
+    good = (targets * 2 - 1) * 8
+    assert loss(good, targets) < loss(-good, targets)
+    assert loss([good, good], targets) == pytest.approx(float(loss(good, targets)))
+
+
+def test_short_training_beats_an_untrained_model(tmp_path, samples):
+    from dsb.models import build_model
+
+    cfg = tiny_cfg()
+    result = train_fold(cfg, tmp_path / "run", 0, samples)
+    fold_dir = tmp_path / "run" / "fold0"
+    val = [s for s in samples if s.image_id in {p.stem for p in (fold_dir / "oof").glob("*.npy")}]
+    assert val, "out-of-fold maps are written for the held-out images"
+    torch.manual_seed(0)
+    untrained, _, _ = evaluate_samples(build_model(cfg), val, cfg, torch.device("cpu"))
+    assert result.best_map > untrained + 0.25, (result.best_map, untrained)
+    assert (fold_dir / "best.pt").is_file() and (fold_dir / "last.pt").is_file()
+    history = [json.loads(line) for line in (fold_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == list(range(cfg.train.epochs))
+    assert history[-1]["loss"] < history[0]["loss"]
+    folds = (tmp_path / "run" / "folds.csv").read_text()
+    assert folds.startswith("image_id,image_type,fold")
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_killed_training_resumes_with_the_same_data(tmp_path):
+    """Kill `dsb train` mid-epoch; --resume loses at most that epoch and ends with the
+    same weights as an uninterrupted run."""
+    cfg = tiny_cfg(epochs=4, val_every=2, steps_per_epoch=4)
+    cfg_path = tmp_path / "tiny.yaml"
+    save_config(cfg, cfg_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "cli.main", "train", "--config", str(cfg_path), "--fold", "0"]
+
+    straight = tmp_path / "straight"
+    subprocess.run(cmd + ["--run-dir", str(straight)], check=True, env=env, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--run-dir", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "fold0" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(metrics.read_text().splitlines())
+    assert 2 <= done < cfg.train.epochs
+    resumed = subprocess.run(
+        [sys.executable, "-m", "cli.main", "train", "--resume", str(killed)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    history = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert history == list(range(cfg.train.epochs))
+    a, b = _state(straight / "fold0" / "last.pt"), _state(killed / "fold0" / "last.pt")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_train_cli_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["train"])
+    assert res.exit_code == 2 and "--config" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: lots\n")
+    res = runner.invoke(app, ["train", "--config", str(bad)])
+    assert res.exit_code == 2 and "train.epochs" in res.output
+    res = runner.invoke(app, ["train", "--resume", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "not a run folder" in res.output
