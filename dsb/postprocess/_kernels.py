@@ -1,0 +1,662 @@
+"""Numba kernels for :func:`dsb.postprocess.watershed`; nothing outside this package calls them.
+
+The kernels only see flat (1-D, C-order) arrays and write into an output buffer; the
+public function in :mod:`dsb.postprocess.watershed` validates, converts and reshapes.
+They allocate their own scratch and release the GIL, so threads can run them at once.
+
+What "identical to scikit-image" takes
+--------------------------------------
+scikit-image (0.26, ``compactness=0``, ``watershed_line=False``) floods from a binary
+min-heap of items ``(value, age, index)`` compared by ``value``, then ``age``:
+
+* every marker pixel, in raster order, is pushed as ``(image[p], 0, p)``;
+* a popped item gives its label to each in-mask, unlabelled neighbour (order: up, left,
+  right, down, then for connectivity 2 up-left, up-right, down-left, down-right) *when
+  pushing it*, as ``(max(image[q], value), age, q)``, ``age`` counting the pushes.
+
+Pushed values never fall below the popped one and ages only grow, so the popped keys
+never decrease and every non-marker key is unique. The only ties are between markers of
+equal value (all have age 0), and the order in which a binary heap pops tied items
+depends on its whole layout. So while two tied markers are still queued we run an exact
+replica of scikit-image's heap (same sift-up and sift-down, same comparisons): phase 1.
+Once the last of them has been popped every queued key is distinct, and any exact
+priority queue pops the same sequence; phase 2 is a bucket queue over the dense ranks of
+the values, O(1) per pixel (see :func:`watershed_flat`). Images without tied markers
+skip phase 1. Markers with no unlabelled in-mask neighbour do not count as ties: popping
+one does nothing (no label, no push, no age), wherever it falls in its run of ties.
+
+Values are compared through their ranks among the in-mask values: found by a radix
+sort of order-preserving unsigned keys (integers as they are; IEEE floats with the
+usual sign flip, ``-0.0`` folded onto ``+0.0``), or, for 8/16-bit integers, the value
+itself. A NaN inside the mask has no place in that order, so the caller then uses
+:func:`watershed_float_compare`, a direct transcription comparing floats exactly as
+scikit-image does.
+
+Each pixel's state lives in one uint32 ``info`` word (one cache line to test a
+neighbour): bit 0 "in mask and not labelled yet", bit 1 "first column", bit 2 "last
+column", bit 3 "in mask", bits 4.. the rank.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# How the ranks of the values are found
+RANK_DIRECT = 0  # uint8/uint16: the value is its own rank
+RANK_SORT_UINT = 1  # unsigned ints: radix-sort the in-mask values
+RANK_SORT_FLOAT = 2  # IEEE float bits (32 or 64): likewise, after the order-preserving flip
+
+STATUS_OK = 0
+STATUS_NAN = 1  # a NaN lies inside the mask
+STATUS_TOO_BIG = 2  # more distinct in-mask values than the info word can rank
+
+MAX_RANKS = 1 << 28
+
+_AVAIL = np.uint32(1)
+_FIRST_COL = np.uint32(2)
+_LAST_COL = np.uint32(4)
+_INSIDE = np.uint32(8)
+_RANK_SHIFT = np.uint32(4)
+
+_U32_SIGN = np.uint64(0x80000000)
+_U32_ALL = np.uint64(0xFFFFFFFF)
+_U64_SIGN = np.uint64(0x8000000000000000)
+_SHIFT32 = np.uint64(32)
+_DIGIT_BITS = 11
+_DIGIT_MASK = np.uint64((1 << _DIGIT_BITS) - 1)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _float_key(u, nbits):
+    """Order-preserving unsigned key of IEEE bits ``u`` (a uint64 holding 32 or 64 bits)."""
+    if nbits == 32:
+        if u == _U32_SIGN:  # -0.0 == +0.0
+            u = np.uint64(0)
+        if u & _U32_SIGN:
+            return (~u) & _U32_ALL
+        return u | _U32_SIGN
+    if u == _U64_SIGN:
+        u = np.uint64(0)
+    if u & _U64_SIGN:
+        return ~u
+    return u | _U64_SIGN
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _is_nan_bits(u, nbits):
+    if nbits == 32:
+        return (u & np.uint64(0x7FFFFFFF)) > np.uint64(0x7F800000)
+    return (u & np.uint64(0x7FFFFFFFFFFFFFFF)) > np.uint64(0x7FF0000000000000)
+
+
+@numba.njit(cache=True, nogil=True)
+def _prepare(bits, rank_mode, markers, mask, has_mask, height, width, out, info):
+    """``out = markers * mask`` and the ``info`` words (rank included for RANK_DIRECT).
+
+    Returns ``(n_markers, n_available)``. Plain loops, so that LLVM vectorises them.
+    """
+    n = out.shape[0]
+    direct = rank_mode == RANK_DIRECT
+    n_markers = 0
+    n_available = 0
+    for i in range(n):
+        inside = np.uint32(mask[i] != 0) if has_mask else np.uint32(1)
+        label = markers[i] * np.int32(inside)
+        out[i] = label
+        available = inside & np.uint32(label == 0)
+        word = (inside * _INSIDE) | available
+        if direct:
+            word |= inside * (np.uint32(bits[i]) << _RANK_SHIFT)
+        info[i] = word
+        n_markers += label != 0
+        n_available += available
+    for r in range(height):
+        info[r * width] |= _FIRST_COL
+        info[r * width + width - 1] |= _LAST_COL
+    return n_markers, n_available
+
+
+@numba.njit(cache=True, nogil=True)
+def _inside_pixels(mask, has_mask, n, n_inside):
+    """Flat indices of the in-mask pixels in raster order (skipping empty mask words)."""
+    pixels = np.empty(n_inside, np.int32)
+    if not has_mask:
+        for i in range(n):
+            pixels[i] = i
+        return pixels
+    j = 0
+    n_words = n // 8
+    words = mask[: n_words * 8].view(np.uint64)
+    for w in range(n_words):
+        if words[w] != 0:
+            for i in range(8 * w, 8 * w + 8):
+                if mask[i] != 0:
+                    pixels[j] = i
+                    j += 1
+    for i in range(n_words * 8, n):
+        if mask[i] != 0:
+            pixels[j] = i
+            j += 1
+    return pixels
+
+
+@numba.njit(cache=True, nogil=True)
+def _radix_sort_pairs(keys, values, key_bits):
+    """Stable LSD radix sort of uint64 ``keys`` < 2**key_bits, permuting ``values`` alike.
+
+    11-bit digits; digits on which all keys agree are skipped.
+    """
+    n = keys.shape[0]
+    n_digits = (key_bits + _DIGIT_BITS - 1) // _DIGIT_BITS
+    n_buckets = 1 << _DIGIT_BITS
+    counts = np.zeros((n_digits, n_buckets), np.int64)
+    for i in range(n):
+        k = keys[i]
+        for d in range(n_digits):
+            counts[d, (k >> np.uint64(_DIGIT_BITS * d)) & _DIGIT_MASK] += 1
+    src_k = keys
+    src_v = values
+    dst_k = np.empty_like(keys)
+    dst_v = np.empty_like(values)
+    offsets = np.empty(n_buckets, np.int64)
+    for d in range(n_digits):
+        shift = np.uint64(_DIGIT_BITS * d)
+        if n == 0 or counts[d, (keys[0] >> shift) & _DIGIT_MASK] == n:
+            continue
+        total = 0
+        for b in range(n_buckets):
+            offsets[b] = total
+            total += counts[d, b]
+        for i in range(n):
+            k = src_k[i]
+            b = (k >> shift) & _DIGIT_MASK
+            j = offsets[b]
+            offsets[b] = j + 1
+            dst_k[j] = k
+            dst_v[j] = src_v[i]
+        src_k, dst_k = dst_k, src_k
+        src_v, dst_v = dst_v, src_v
+    return src_k, src_v
+
+
+@numba.njit(cache=True, nogil=True)
+def _radix_sort_packed32(items, counts):
+    """Stable LSD radix sort of uint64 ``items`` by their high 32 bits.
+
+    ``counts`` holds the three 11-bit digit histograms of the high halves (digits on
+    which all items agree are skipped). Returns the sorted array (``items`` or a copy).
+    """
+    n = items.shape[0]
+    src = items
+    dst = np.empty_like(items)
+    offsets = np.empty(1 << _DIGIT_BITS, np.int64)
+    for d in range(3):
+        shift = np.uint64(32 + _DIGIT_BITS * d)
+        if n == 0 or counts[d, (items[0] >> shift) & _DIGIT_MASK] == n:
+            continue
+        total = 0
+        for b in range(1 << _DIGIT_BITS):
+            offsets[b] = total
+            total += counts[d, b]
+        for i in range(n):
+            k = src[i]
+            b = (k >> shift) & _DIGIT_MASK
+            j = offsets[b]
+            offsets[b] = j + 1
+            dst[j] = k
+        src, dst = dst, src
+    return src
+
+
+@numba.njit(cache=True, nogil=True)
+def _collect_direct(nbits, out, info, inside_pixels, n_markers):
+    """RANK_DIRECT: the ranks are in ``info`` already; count the bucket sizes.
+
+    Returns ``(marker_pixels, bucket_start)``: raster-order marker positions, and
+    ``bucket_start[r]``, the number of in-mask pixels of rank below ``r`` (length
+    n_ranks + 1).
+    """
+    marker_pixels = np.empty(n_markers, np.int32)
+    m = 0
+    n_ranks = 1 << nbits
+    counts = np.zeros(n_ranks + 1, np.int64)
+    for i in inside_pixels:
+        counts[np.int64(info[i] >> _RANK_SHIFT) + 1] += 1
+        if out[i] != 0:
+            marker_pixels[m] = i
+            m += 1
+    for r in range(n_ranks):
+        counts[r + 1] += counts[r]
+    return marker_pixels, counts
+
+
+@numba.njit(cache=True, nogil=True)
+def _collect_sorted(bits, rank_mode, nbits, out, info, inside_pixels, n_markers):
+    """Radix-sort the in-mask values; store their dense ranks in ``info``.
+
+    Keys of up to 32 bits travel packed with their pixel in one uint64; 64-bit keys
+    are sorted as (key, pixel) pairs. Returns ``(marker_pixels, bucket_start, status)``
+    (see :func:`_collect_direct`).
+    """
+    n_inside = inside_pixels.shape[0]
+    marker_pixels = np.empty(n_markers, np.int32)
+    m = 0
+    is_float = rank_mode == RANK_SORT_FLOAT
+    packed = nbits <= 32
+    items = np.empty(n_inside if packed else 0, np.uint64)
+    keys = np.empty(0 if packed else n_inside, np.uint64)
+    counts = np.zeros((3, 1 << _DIGIT_BITS), np.int64)
+    for j in range(n_inside):
+        i = inside_pixels[j]
+        u = np.uint64(bits[i])
+        if is_float:
+            if _is_nan_bits(u, nbits):
+                return marker_pixels, np.empty(0, np.int64), STATUS_NAN
+            u = _float_key(u, nbits)
+        if packed:
+            items[j] = (u << _SHIFT32) | np.uint64(i)
+            counts[0, u & _DIGIT_MASK] += 1
+            counts[1, (u >> np.uint64(_DIGIT_BITS)) & _DIGIT_MASK] += 1
+            counts[2, u >> np.uint64(2 * _DIGIT_BITS)] += 1
+        else:
+            keys[j] = u
+        if out[i] != 0:
+            marker_pixels[m] = i
+            m += 1
+    if packed:
+        items = _radix_sort_packed32(items, counts)
+        keys = items >> _SHIFT32
+        pixels = (items & _U32_ALL).astype(np.int32)
+    else:
+        keys, pixels = _radix_sort_pairs(keys, inside_pixels.copy(), 64)
+
+    bucket_start = np.empty(n_inside + 1, np.int64)
+    bucket_start[0] = 0
+    rank = 0
+    for j in range(n_inside):
+        if j > 0 and keys[j] != keys[j - 1]:
+            rank += 1
+            bucket_start[rank] = j
+        info[pixels[j]] |= np.uint32(rank) << _RANK_SHIFT
+    n_ranks = rank + 1
+    if n_ranks > MAX_RANKS:
+        return marker_pixels, np.empty(0, np.int64), STATUS_TOO_BIG
+    bucket_start[n_ranks] = n_inside
+    return marker_pixels, bucket_start[: n_ranks + 1], STATUS_OK
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _neighbour(k, p, word, width, n):
+    """Flat index of neighbour ``k`` of ``p`` (scikit-image's order), or -1 off the image."""
+    if k == 0:
+        return p - width if p >= width else -1
+    if k == 1:
+        return -1 if word & _FIRST_COL else p - 1
+    if k == 2:
+        return -1 if word & _LAST_COL else p + 1
+    if k == 3:
+        return p + width if p < n - width else -1
+    if k == 4:
+        return p - width - 1 if (p >= width and not (word & _FIRST_COL)) else -1
+    if k == 5:
+        return p - width + 1 if (p >= width and not (word & _LAST_COL)) else -1
+    if k == 6:
+        return p + width - 1 if (p < n - width and not (word & _FIRST_COL)) else -1
+    return p + width + 1 if (p < n - width and not (word & _LAST_COL)) else -1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _heap_push(keys, pix, items, key, p):
+    """scikit-image's heappush: append, then swap up while strictly smaller than the parent."""
+    c = items
+    while c > 0:
+        parent = (c + 1) // 2 - 1
+        pk = keys[parent]
+        if key < pk:
+            keys[c] = pk
+            pix[c] = pix[parent]
+            c = parent
+        else:
+            break
+    keys[c] = key
+    pix[c] = p
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _heap_pop(keys, pix, items):
+    """scikit-image's heappop after the root was read; ``items`` is the new size.
+
+    Moves the last item to the root and sifts it down: at each level the left child
+    wins unless the right one is strictly smaller, and the item stops as soon as that
+    child is not strictly smaller than it. Done bottom-up (Floyd): the hole walks down
+    the path of smaller children to a leaf, then the item climbs back up the same path
+    while not strictly greater than the parent key: keys along the path never
+    decrease, so it lands where the top-down walk would have stopped, ties included.
+    """
+    yk = keys[items]
+    yp = pix[items]
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left + 1 < items:
+            child = left + 1 if keys[left + 1] < keys[left] else left
+        elif left < items:
+            child = left
+        else:
+            break
+        keys[i] = keys[child]
+        pix[i] = pix[child]
+        i = child
+    while i > 0:
+        parent = (i + 1) // 2 - 1
+        pk = keys[parent]
+        if yk <= pk:  # top-down would have stopped above any key equal to the item
+            keys[i] = pk
+            pix[i] = pix[parent]
+            i = parent
+        else:
+            break
+    keys[i] = yk
+    pix[i] = yp
+
+
+@numba.njit(cache=True, nogil=True)
+def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, width, connectivity, out):
+    """Marker watershed on flat arrays; writes the labels into ``out``; returns a status.
+
+    Parameters
+    ----------
+    bits : (H*W,) uint8, uint16, uint32 or uint64
+        Image values: unsigned integers, or the raw bits of float32/float64 values.
+    rank_mode : int
+        RANK_DIRECT, RANK_SORT_UINT or RANK_SORT_FLOAT.
+    nbits : int
+        Bits per value: 8 or 16 for RANK_DIRECT, 32 or 64 for RANK_SORT_FLOAT.
+    markers : (H*W,) int32
+        Marker labels, 0 = none.
+    mask : (H*W,) uint8, or empty when ``has_mask`` is False
+        Nonzero where pixels may be labelled.
+    height, width, connectivity : int
+    out : (H*W,) int32
+        Output buffer, fully overwritten when STATUS_OK is returned.
+
+    Returns
+    -------
+    STATUS_OK, STATUS_NAN (a NaN inside the mask) or STATUS_TOO_BIG (over MAX_RANKS
+    distinct in-mask values); on the last two ``out`` is garbage.
+
+    Notes
+    -----
+    Phase 2's queue: each in-mask pixel is pushed at most once, so bucket ``r`` has
+    room for the in-mask pixels of rank ``r`` in a CSR array laid out by the sort
+    (``bucket_start``). A pixel pushed at a rank above the current one is appended to
+    its bucket; one pushed at or below it (clamped up to it) goes to the FIFO of the
+    current rank. A bucket's own items were all queued before it became current, so
+    they are older and come first, then the FIFO, both in push (= age) order.
+    """
+    n = height * width
+    info = np.empty(n, np.uint32)
+    n_markers, n_available = _prepare(bits, rank_mode, markers, mask, has_mask, height, width, out, info)
+    if n_markers == 0 or n_available == 0:
+        return STATUS_OK
+    n_inside = n_markers + n_available
+
+    inside_pixels = _inside_pixels(mask, has_mask, n, n_inside)
+    if rank_mode == RANK_DIRECT:
+        marker_pixels, bucket_start = _collect_direct(nbits, out, info, inside_pixels, n_markers)
+    else:
+        marker_pixels, bucket_start, status = _collect_sorted(
+            bits, rank_mode, nbits, out, info, inside_pixels, n_markers
+        )
+        if status != STATUS_OK:
+            return status
+    n_ranks = bucket_start.shape[0] - 1
+
+    # The highest rank shared by two live markers (markers with an unlabelled in-mask
+    # neighbour). Until every marker at or below it has been popped, only an exact
+    # replica of scikit-image's heap gives their order. A marker without such a
+    # neighbour never gets one, so popping it does nothing and its place among its
+    # ties is irrelevant.
+    live_count = np.zeros(n_ranks, np.int32)
+    for p in marker_pixels:
+        eword = info[p]
+        for k in range(8):
+            if k == 4 and connectivity == 1:
+                break
+            q = _neighbour(k, p, eword, width, n)
+            if q >= 0 and (info[q] & _AVAIL):
+                live_count[eword >> _RANK_SHIFT] += 1
+                break
+    last_tie = -1
+    for r in range(n_ranks - 1, -1, -1):
+        if live_count[r] >= 2:
+            last_tie = r
+            break
+    n_tied_phase = 0
+    for p in marker_pixels:
+        n_tied_phase += np.int64(info[p] >> _RANK_SHIFT) <= last_tie
+
+    bucket_end = bucket_start[:-1].copy()  # next free slot of each bucket
+    slots = np.empty(n_inside, np.int32)
+    fifo = np.empty(n_inside, np.int32)
+    fifo_read = 0
+    fifo_write = 0
+    current = 0
+
+    if n_tied_phase == 0:
+        # No ties: each rank holds at most one marker, so raster order is fine.
+        for p in marker_pixels:
+            r = info[p] >> _RANK_SHIFT
+            slots[bucket_end[r]] = p
+            bucket_end[r] += 1
+    else:
+        # ---- phase 1: exact heap on key = rank << 32 | age (markers have age 0) ----
+        capacity = n_inside + 1
+        hkeys = np.empty(capacity, np.uint64)
+        hpix = np.empty(capacity, np.int32)
+        items = 0
+        for p in marker_pixels:
+            key = np.uint64(info[p] >> _RANK_SHIFT) << _SHIFT32
+            _heap_push(hkeys, hpix, items, key, p)
+            items += 1
+        age = np.uint64(1)
+        popped_markers = 0
+        erank = np.uint64(0)
+        while items > 0 and popped_markers < n_tied_phase:
+            ekey = hkeys[0]
+            e = np.int64(hpix[0])
+            items -= 1
+            if items > 0:
+                _heap_pop(hkeys, hpix, items)
+            if (ekey & _U32_ALL) == np.uint64(0):
+                popped_markers += 1
+            erank = ekey >> _SHIFT32
+            label = out[e]
+            eword = info[e]
+            for k in range(8):
+                if k == 4 and connectivity == 1:
+                    break
+                q = _neighbour(k, e, eword, width, n)
+                if q < 0:
+                    continue
+                word = info[q]
+                if not (word & _AVAIL):
+                    continue
+                info[q] = word ^ _AVAIL
+                out[q] = label
+                age += np.uint64(1)
+                qrank = np.uint64(word >> _RANK_SHIFT)
+                if qrank < erank:
+                    qrank = erank
+                _heap_push(hkeys, hpix, items, (qrank << _SHIFT32) | age, q)
+                items += 1
+        # Every queued key is distinct now. Items clamped in phase 1 all sit at the
+        # last popped rank (queued keys are >= the last popped one), which becomes the
+        # current rank: its items go to the FIFO, the others to their buckets, all in
+        # key order, i.e. by ascending age within a rank.
+        current = np.int64(erank)
+        while items > 0:
+            ekey = hkeys[0]
+            e = np.int64(hpix[0])
+            items -= 1
+            if items > 0:
+                _heap_pop(hkeys, hpix, items)
+            r = np.int64(ekey >> _SHIFT32)
+            if r == current:
+                fifo[fifo_write] = e
+                fifo_write += 1
+            else:
+                slots[bucket_end[r]] = e
+                bucket_end[r] += 1
+
+    # ---- phase 2: bucket queue ----
+    read = bucket_start[current]
+    while True:
+        if read < bucket_end[current]:
+            e = np.int64(slots[read])
+            read += 1
+        elif fifo_read < fifo_write:
+            e = np.int64(fifo[fifo_read])
+            fifo_read += 1
+        else:
+            current += 1
+            if current >= n_ranks:
+                break
+            read = bucket_start[current]
+            fifo_read = 0
+            fifo_write = 0
+            continue
+        label = out[e]
+        eword = info[e]
+        for k in range(8):
+            if k == 4 and connectivity == 1:
+                break
+            q = _neighbour(k, e, eword, width, n)
+            if q < 0:
+                continue
+            word = info[q]
+            if not (word & _AVAIL):
+                continue
+            info[q] = word ^ _AVAIL
+            out[q] = label
+            r = np.int64(word >> _RANK_SHIFT)
+            if r <= current:
+                fifo[fifo_write] = q
+                fifo_write += 1
+            else:
+                slots[bucket_end[r]] = q
+                bucket_end[r] += 1
+    return STATUS_OK
+
+
+@numba.njit(cache=True, nogil=True)
+def watershed_float_compare(image, markers, mask, has_mask, height, width, connectivity, out):
+    """Direct transcription of scikit-image's loop on float64 values (NaN-exact).
+
+    Same arguments as :func:`watershed_flat` but ``image`` is float64. Comparisons are
+    written as scikit-image's (``a != b`` then ``a < b``, then the ages), so NaNs, which
+    compare false both ways, order the heap the same way. Slower: used only for a NaN
+    inside the mask or an image with over MAX_RANKS distinct values.
+    """
+    n = height * width
+    info = np.empty(n, np.uint32)
+    n_markers, n_available = _prepare(
+        markers, RANK_SORT_FLOAT, markers, mask, has_mask, height, width, out, info
+    )
+    if n_markers == 0 or n_available == 0:
+        return STATUS_OK
+    capacity = n_markers + n_available + 1
+    hv = np.empty(capacity, np.float64)
+    ha = np.empty(capacity, np.int64)
+    hp = np.empty(capacity, np.int64)
+    items = 0
+    for p in range(n):
+        if out[p] != 0:
+            v = image[p]
+            c = items
+            items += 1
+            while c > 0:
+                parent = (c + 1) // 2 - 1
+                pv = hv[parent]
+                if (v < pv) if v != pv else (0 < ha[parent]):
+                    hv[c] = pv
+                    ha[c] = ha[parent]
+                    hp[c] = hp[parent]
+                    c = parent
+                else:
+                    break
+            hv[c] = v
+            ha[c] = 0
+            hp[c] = p
+    age = 1
+    while items > 0:
+        ev = hv[0]
+        e = hp[0]
+        items -= 1
+        if items > 0:
+            # heappop as written in scikit-image: top-down, two comparisons a level
+            yv = hv[items]
+            ya = ha[items]
+            yp = hp[items]
+            i = 0
+            while True:
+                left = 2 * i + 1
+                if left >= items:
+                    break
+                lv = hv[left]
+                if (lv < yv) if lv != yv else (ha[left] < ya):
+                    best = left
+                    bv = lv
+                    ba = ha[left]
+                else:
+                    best = -1
+                    bv = yv
+                    ba = ya
+                right = left + 1
+                if right < items:
+                    rv = hv[right]
+                    if (rv < bv) if rv != bv else (ha[right] < ba):
+                        best = right
+                if best < 0:
+                    break
+                hv[i] = hv[best]
+                ha[i] = ha[best]
+                hp[i] = hp[best]
+                i = best
+            hv[i] = yv
+            ha[i] = ya
+            hp[i] = yp
+        label = out[e]
+        eword = info[e]
+        for k in range(8):
+            if k == 4 and connectivity == 1:
+                break
+            q = _neighbour(k, e, eword, width, n)
+            if q < 0:
+                continue
+            word = info[q]
+            if not (word & _AVAIL):
+                continue
+            info[q] = word ^ _AVAIL
+            out[q] = label
+            age += 1
+            v = image[q]
+            if v < ev:
+                v = ev
+            c = items
+            items += 1
+            while c > 0:
+                parent = (c + 1) // 2 - 1
+                pv = hv[parent]
+                if (v < pv) if v != pv else (age < ha[parent]):
+                    hv[c] = pv
+                    ha[c] = ha[parent]
+                    hp[c] = hp[parent]
+                    c = parent
+                else:
+                    break
+            hv[c] = v
+            ha[c] = age
+            hp[c] = q
+    return STATUS_OK
