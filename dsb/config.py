@@ -59,6 +59,10 @@ class ModelConfig:
     #: ``"accurate"`` averages all nested heads; ``"fast"`` prunes to ``fast_depth``.
     mode: Literal["accurate", "fast"] = "accurate"
     fast_depth: int = 4
+    #: Decoder upsampling: ``"nearest"`` or ``"bilinear"``.
+    upsample: Literal["nearest", "bilinear"] = "nearest"
+    #: Kernel of each head's last conv: 3 (default, learns faster from scratch) or 1.
+    head_kernel: int = 3
 
 
 @dataclass
@@ -130,7 +134,7 @@ class TrainConfig:
 class PostprocessConfig:
     """Probabilities to instances: seeds, flood, cleanup (see :mod:`dsb.postprocess`)."""
 
-    seed_threshold: float = 0.7
+    seed_threshold: float = 0.5
     mask_threshold: float = 0.5
     border_weight: float = 1.0
     touching_weight: float = 1.0
@@ -185,6 +189,8 @@ class Config:
             )
         if not 1 <= self.model.fast_depth <= self.model.encoder_depth - 1:
             raise ConfigError(f"model.fast_depth: must be in 1..{self.model.encoder_depth - 1}")
+        if self.model.head_kernel not in (1, 3):
+            raise ConfigError("model.head_kernel: must be 1 or 3")
         if self.folds.n_folds < 2:
             raise ConfigError("folds.n_folds: must be at least 2")
         if self.postprocess.connectivity not in (1, 2):

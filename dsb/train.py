@@ -378,6 +378,11 @@ def train_fold(
 
     net: nn.Module = model
     if dist.enabled:
+        if device.type == "cuda":
+            # Batch statistics over all GPUs (per-GPU batches are small). SyncBatchNorm
+            # is GPU-only; on CPU, DDP broadcasts rank 0's buffers at each forward and
+            # we broadcast them once more after each epoch (below).
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     end_epoch = cfg.train.epochs if max_epochs is None else min(cfg.train.epochs, max_epochs)
@@ -410,6 +415,11 @@ def train_fold(
             if on_step is not None and dist.is_main:
                 on_step(epoch, step + 1, steps, loss_sum / seen, seen * dist.world_size / (time.perf_counter() - t0))
         train_seconds = time.perf_counter() - t0
+        if dist.enabled:
+            # Every rank ends the epoch with rank 0's BatchNorm statistics, so all ranks
+            # hold identical models (parameters already agree through gradient averaging).
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         eval_model = ema.module if ema is not None else model
         val_map = None
         if dist.is_main and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs):

@@ -26,8 +26,8 @@ TINY = {
     "folds": {"n_folds": 4, "seed": 0},
     "model": {"encoder": "resnet10t", "decoder_channels": [32, 16, 16, 8, 8]},
     "augment": {"crop_px": 96},
-    "train": {"epochs": 8, "batch_size": 8, "steps_per_epoch": 6, "lr": 0.01, "val_every": 4,
-              "amp": "off", "warmup_epochs": 1},
+    "train": {"epochs": 30, "batch_size": 8, "steps_per_epoch": 8, "lr": 0.003, "val_every": 5,
+              "amp": "auto", "warmup_epochs": 1},
     "infer": {"tta": "none"},
 }
 
@@ -95,7 +95,7 @@ def _state(path):
 def test_killed_training_resumes_with_the_same_data(tmp_path):
     """Kill `dsb train` mid-epoch; --resume loses at most that epoch and ends with the
     same weights as an uninterrupted run."""
-    cfg = tiny_cfg(epochs=4, val_every=2, steps_per_epoch=4)
+    cfg = tiny_cfg(epochs=4, val_every=2, steps_per_epoch=4, amp="off")
     cfg_path = tmp_path / "tiny.yaml"
     save_config(cfg, cfg_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

@@ -8,6 +8,7 @@ images and postprocessing overlaps with the model.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import deque
@@ -31,22 +32,18 @@ def resolve_checkpoints(specs: Sequence[str | Path], weights_dir: Path = WEIGHTS
     Each spec is a ``.pt`` file, a run folder (its ``fold*/best.pt``), a folder of
     ``.pt`` files (a shipped set), or the name of a shipped set under ``weights/``.
     """
+    from dsb.infer.predict import find_checkpoints
+
     paths: list[Path] = []
     for spec in specs:
         path = Path(spec)
         if not path.exists() and (weights_dir / str(spec)).exists():
             path = weights_dir / str(spec)
-        if path.is_file():
-            paths.append(path)
-        elif path.is_dir():
-            found = sorted(path.glob("fold*/best.pt")) or sorted(path.glob("*.pt"))
-            if not found:
-                raise CheckpointError(f"{path}: no fold*/best.pt or *.pt checkpoints in this folder")
-            paths.extend(found)
-        else:
+        if not path.exists():
             shipped = sorted(p.name for p in weights_dir.iterdir() if p.is_dir()) if weights_dir.is_dir() else []
             hint = f" (shipped sets: {', '.join(shipped)})" if shipped else ""
             raise CheckpointError(f"{spec}: no such checkpoint file, run folder or shipped set{hint}")
+        paths.extend(find_checkpoints(path))
     return paths
 
 
@@ -101,11 +98,13 @@ def predict_stage(
     is written (every image gets a row, empty where nothing was found).
     """
     from dsb.data.dataset import prepare_image
-    from dsb.infer.predict import predict_probs
+    from dsb.infer.predict import Predictor
     from dsb.submission import write_submission
 
     ids = list(image_ids) if image_ids is not None else list(stage.image_ids)
-    tta = tta or cfg.infer.tta
+    predictor = Predictor(
+        models, cfg.targets.channels, dataclasses.replace(cfg.infer, tta=tta or cfg.infer.tta), device=device
+    )
     workers = workers or max(1, (os.cpu_count() or 1))
     rows: list[tuple[str, str]] = []
     shapes: dict[str, tuple[int, int]] = {}
@@ -134,7 +133,7 @@ def predict_stage(
             shapes[image_id] = raw.shape[:2]
             image = prepare_image(raw, cfg.augment.invert_brightfield).astype(np.float32) / 255.0
             t0 = time.perf_counter()
-            probs = predict_probs(models, image, cfg.infer, device=device, tta=tta)
+            probs = predictor.predict(image)
             model_seconds += time.perf_counter() - t0
             if save_probs_dir is not None:
                 from dsb.train import quantise_probs

@@ -281,7 +281,8 @@ def predict_probs(
 
 
 def find_checkpoints(path: str | Path) -> list[Path]:
-    """A checkpoint file itself, or a run folder's ``fold*/best.pt`` (else its ``best.pt``)."""
+    """A checkpoint file itself, a run folder's ``fold*/best.pt`` (else its ``best.pt``),
+    or a folder of ``*.pt`` files (a shipped checkpoint set)."""
     path = Path(path)
     if path.is_file():
         return [path]
@@ -290,7 +291,9 @@ def find_checkpoints(path: str | Path) -> list[Path]:
         if not found and (path / "best.pt").is_file():
             found = [path / "best.pt"]
         if not found:
-            raise CheckpointError(f"{path}: no fold*/best.pt (or best.pt) checkpoints in this folder")
+            found = sorted(path.glob("*.pt"))
+        if not found:
+            raise CheckpointError(f"{path}: no fold*/best.pt, best.pt or *.pt checkpoints in this folder")
         return found
     raise CheckpointError(f"{path}: checkpoint or run folder not found")
 

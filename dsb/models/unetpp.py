@@ -489,8 +489,8 @@ def build_model(cfg, *, load_weights: bool = True) -> DsbUNetPlusPlus:
         decoder_channels=list(m.decoder_channels),
         deep_supervision=m.deep_supervision,
         # Not (yet) config keys: read when present so config.py can add them.
-        upsample=getattr(m, "upsample", "nearest"),
-        head_kernel=getattr(m, "head_kernel", 3),
+        upsample=m.upsample,
+        head_kernel=m.head_kernel,
         mode=m.mode,
         fast_depth=m.fast_depth,
         pretrained=bool(load_weights and m.pretrained and not m.weights),

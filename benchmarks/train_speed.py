@@ -23,8 +23,8 @@ printed beside, as a load-independent measure.
 
 Usage::
 
-    python benchmarks/model_speed.py [--batch 8] [--size 256] [--rounds 2] [--threads 0]
-        [--quick] [--out benchmarks/results/model_speed.json]
+    python benchmarks/train_speed.py [--batch 8] [--size 256] [--rounds 2] [--threads 0]
+        [--quick] [--out benchmarks/results/train_speed.json]
 
 About 2.5 minutes on an idle 2-core machine; ``--quick`` (batch 2, 128 px, 4 configs,
 1 round) about 10 s. Prints tables; writes JSON.
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="batch 2, 128 px, 4 configs")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "model_speed.json"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_speed.json"))
     args = parser.parse_args()
     if args.quick:
         args.batch, args.size, args.rounds = 2, 128, 1
@@ -237,7 +237,7 @@ def main() -> None:
         print(f"{key:12s} {ips:7.2f} {ips / acc:10.2f}")
 
     result = dict(
-        benchmark="model_speed",
+        benchmark="train_speed",
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         cpu=platform.processor() or platform.machine(),
