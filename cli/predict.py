@@ -168,6 +168,6 @@ def register(app: typer.Typer) -> None:
         if result.watershed_map is not None:
             table.add_row(f"test mAP ({result.n_test_images} synthetic images)", f"[bold]{result.watershed_map:.4f}", f"{result.threshold_map:.4f}")
         console.print(table)
-        console.print(f"submission (validated): [bold]{result.submission}[/]")
+        console.print(f"submission (validated): [bold]{result.submission}[/]", soft_wrap=True)
         for p in result.overlays:
-            console.print(f"overlay: {p}")
+            console.print(f"overlay: {p}", soft_wrap=True)
