@@ -1,0 +1,100 @@
+"""The CLI path after training: evaluate, tune, predict (TTA, ensemble, overlays) and demo."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli.main import app
+from dsb.config import save_config
+from dsb.data.synthetic import write_synthetic_dataset
+from tests.test_train import tiny_cfg
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = tiny_cfg(epochs=3, val_every=1, steps_per_epoch=4)
+    save_config(cfg, root / "tiny.yaml")
+    res = runner.invoke(app, ["train", "--config", str(root / "tiny.yaml"), "--fold", "0", "--run-dir", str(root / "run")])
+    assert res.exit_code == 0, res.output
+    test = write_synthetic_dataset(root / "test", n=5, seed=123, masks=False)
+    return root, root / "run", test.path
+
+
+def test_evaluate_json_and_per_image_csv(trained_run):
+    _, run, _ = trained_run
+    res = runner.invoke(app, ["evaluate", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert 0.0 <= report["map"] <= 1.0 and report["n_images"] == 4
+    assert set(report["per_threshold"]) == {f"{t:.2f}" for t in np.arange(0.5, 0.96, 0.05)}
+    assert sum(v["n_images"] for v in report["per_type"].values()) == 4
+    assert {"missed", "merged", "split", "spurious"} <= set(report["error_kinds"])
+    lines = (run / "oof_scores.csv").read_text().splitlines()
+    assert lines[0].startswith("image_id,image_type,fold,score") and len(lines) == 5
+
+
+def test_tune_writes_thresholds_that_do_not_lower_the_score(trained_run):
+    _, run, _ = trained_run
+    before = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)["map"]
+    res = runner.invoke(app, ["tune", str(run), "--rounds", "1"])
+    assert res.exit_code == 0, res.output
+    tuned = yaml.safe_load((run / "postprocess.yaml").read_text())
+    assert tuned["oof_map"] >= tuned["oof_map_before"] - 1e-9
+    assert tuned["oof_map_before"] == pytest.approx(before, abs=1e-6)
+    after = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)["map"]
+    assert after == pytest.approx(tuned["oof_map"], abs=1e-6)  # evaluate applies the tuned values
+
+
+def test_predict_writes_a_valid_submission_with_probs_and_overlays(trained_run):
+    root, run, test = trained_run
+    out = root / "subs" / "pred.csv"
+    res = runner.invoke(app, [
+        "predict", "--checkpoint", str(run), "--checkpoint", str(run / "fold0" / "best.pt"),
+        "--input", str(test), "--out", str(out), "--tta", "flips",
+        "--save-probs", str(root / "probs"), "--overlays", str(root / "overlays"),
+    ])
+    assert res.exit_code == 0, res.output
+    assert "2 model(s)" in res.output
+    valid = runner.invoke(app, ["validate", str(out), "--images", str(test)])
+    assert valid.exit_code == 0, valid.output
+    ids = {line.split(",")[0] for line in out.read_text().splitlines()[1:]}
+    assert len(ids) == 5
+    assert len(list((root / "probs").glob("*.npy"))) == 5
+    assert len(list((root / "overlays").glob("*.png"))) == 5
+
+
+def test_predict_errors_are_clear(trained_run):
+    root, run, test = trained_run
+    res = runner.invoke(app, ["predict", "--checkpoint", str(root / "nope.pt"), "--input", str(test)])
+    assert res.exit_code == 2 and "nope.pt" in res.output
+    bad = root / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    res = runner.invoke(app, ["predict", "--checkpoint", str(bad), "--input", str(test)])
+    assert res.exit_code == 2 and "broken.pt" in res.output
+    res = runner.invoke(app, ["predict", "--checkpoint", str(run), "--input", str(test), "--tta", "d8"])
+    assert res.exit_code == 2 and "--tta" in res.output
+    out = root / "keep.csv"
+    out.write_text("precious\n")
+    res = runner.invoke(app, ["predict", "--checkpoint", str(run), "--input", str(root / "missing"), "--out", str(out)])
+    assert res.exit_code == 2
+    assert out.read_text() == "precious\n"  # nothing already written is lost
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    res = runner.invoke(app, [
+        "demo", "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "demo.csv"),
+        "--set", "train.epochs=2", "--set", "train.steps_per_epoch=2", "--set", "train.val_every=1",
+        "--set", "data.synthetic_n=8", "--set", "infer.tta=flips",
+    ])
+    assert res.exit_code == 0, res.output
+    assert "thresholding alone" in res.output and "test mAP" in res.output
+    assert (tmp_path / "demo.csv").read_text().startswith("ImageId,EncodedPixels")
+    assert list((tmp_path / "work" / "overlays").glob("*.png"))
