@@ -31,6 +31,10 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/rle_speed.py
 	$(PY) benchmarks/score_speed.py
+	$(PY) benchmarks/watershed.py
+	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/predict_memory.py
+	$(PY) benchmarks/predict_speed.py
 
 submission: setup
 	$(DSB) predict --checkpoint dsb-cpu --input $(DSB_DATA) --tta d4 --out submissions/stage1_test.csv

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 app = typer.Typer(
@@ -12,12 +14,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+@app.callback()
+def _main() -> None:
+    """2018 Data Science Bowl toolkit: data, training, prediction, submissions and the competition score."""
+    # Data warnings (e.g. overlapping masks) are messages for the user, one line each,
+    # not source listings.
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+
+
 # Each command module registers its commands on `app` (one module per command group).
 # --- command modules (one line each) ---
+from cli import data as _data; _data.register(app)
 from cli import train as _train; _train.register(app)
 from cli import predict as _predict; _predict.register(app)
 from cli import score as _score; _score.register(app)
-from cli import data as _data; _data.register(app)
 # --- end command modules ---
 
 
