@@ -501,52 +501,10 @@ def _visit(e, cur, bits, rank_mode, nbits, st, out, grank, fill, slots, fifo, fw
 
 
 @numba.njit(cache=True, nogil=True)
-def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, width, connectivity, out):
-    """Marker watershed on flat arrays; writes the labels into ``out``; returns a status.
-
-    Parameters
-    ----------
-    bits : (H*W,) uint8, uint16, uint32 or uint64
-        Image values: unsigned integers, or the raw bits of float32/float64 values.
-    rank_mode : int
-        RANK_DIRECT, RANK_SORT_UINT or RANK_SORT_FLOAT.
-    nbits : int
-        Bits per value: 8 or 16 for RANK_DIRECT, 32 or 64 otherwise.
-    markers : (H*W,) int32
-        Marker labels, 0 = none.
-    mask : (H*W,) uint8, or empty when ``has_mask`` is False
-        Nonzero where pixels may be labelled.
-    height, width, connectivity : int
-    out : (H*W,) int32
-        Output buffer, fully overwritten when STATUS_OK is returned.
-
-    Returns
-    -------
-    STATUS_OK, or STATUS_NAN (a NaN inside the mask; ``out`` is then garbage).
-
-    Notes
-    -----
-    Only the output and a byte of state per pixel (``st``: available, first/last
-    column, tied value) span the whole image; everything else is sized by, and only
-    touches, the in-mask pixels.
-
-    Phase 2 sweeps the distinct in-mask values upwards (RANK_DIRECT: every value;
-    otherwise the radix-sorted in-mask keys, a run of equal keys at a time). For the
-    current value it first pops the pixels queued at that value before it became
-    current, in push (= age) order, then its FIFO: the pixels pushed meanwhile at or
-    below it (clamped up to it), in push order. A value held by a single in-mask pixel
-    has no bucket: that pixel is queued exactly when it is labelled. A shared value
-    (RANK_DIRECT: any value) has a bucket, its run of positions in ``slots``, filled
-    in push order.
-    """
+def _init_state(mask, has_mask, height, width, out, st):
+    """``out = 0``; ``st`` = available where in the mask, plus the column flags. Returns the in-mask count."""
     n = height * width
-    direct = rank_mode == RANK_DIRECT
-    is_float = rank_mode == RANK_SORT_FLOAT
-    packed = nbits <= 32
-
-    # ---- pass 1 (whole image, vectorisable): output, state, in-mask count ----
     out[:] = 0
-    st = np.empty(n, np.uint8)
     n_inside = 0
     if has_mask:
         for i in range(n):
@@ -559,15 +517,22 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
     for r in range(height):
         st[r * width] |= _ST_FIRST_COL
         st[r * width + width - 1] |= _ST_LAST_COL
+    return n_inside
 
-    # ---- pass 2 (in-mask pixels only, skipping empty mask words) ----
-    marker_pixels = np.empty(n_inside, np.int32)
+
+@numba.njit(cache=True, nogil=True)
+def _scan(bits, rank_mode, nbits, markers, mask, has_mask, n, st, out, marker_pixels, items, keys, pixels,
+          counts, hist):
+    """The in-mask pixels in raster order (skipping empty mask words): markers into ``out`` and
+    ``marker_pixels``; values into ``hist`` (RANK_DIRECT), ``items`` and ``counts`` (32-bit keys
+    packed with their pixel), or ``keys`` and ``pixels`` (64-bit keys).
+
+    Returns ``(status, n_markers)``.
+    """
+    direct = rank_mode == RANK_DIRECT
+    is_float = rank_mode == RANK_SORT_FLOAT
+    packed = nbits <= 32
     n_markers = 0
-    items = np.empty(n_inside if (packed and not direct) else 0, np.uint64)
-    keys = np.empty(0 if (packed or direct) else n_inside, np.uint64)
-    pixels = np.empty(0 if (packed or direct) else n_inside, np.int32)
-    counts = np.zeros((3, 1 << _DIGIT_BITS) if (packed and not direct) else (3, 0), np.int64)
-    hist = np.zeros((1 << nbits) + 1 if direct else 0, np.int32)
     n_words = n // 8 if has_mask else 0
     words = mask[: n_words * 8].view(np.uint64)
     j = 0
@@ -583,7 +548,7 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
             else:
                 if is_float:
                     if _is_nan_bits(u, nbits):
-                        return STATUS_NAN
+                        return STATUS_NAN, n_markers
                     u = _float_key(u, nbits)
                 if packed:
                     items[j] = (u << _SHIFT32) | np.uint64(i)
@@ -600,42 +565,50 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
                 st[i] &= _ST_CLEAR_AVAIL
                 marker_pixels[n_markers] = i
                 n_markers += 1
-    if n_markers == 0 or n_markers == n_inside:
-        return STATUS_OK
+    return STATUS_OK, n_markers
 
-    # ---- order of the values, buckets of the shared ones ----
-    slots = np.empty(n_inside, np.int32)
-    grank = np.empty(0 if direct else n, np.int32)  # only tie members' entries are written or read
-    if direct:
-        n_vals = 1 << nbits
-        for v in range(n_vals):
-            hist[v + 1] += hist[v]
-        fill = hist[:-1].copy()  # bucket v: slots[hist[v]:fill[v]]
-    else:
-        if packed:
-            items = _radix_sort_packed32(items, counts)
-            pixels = np.empty(n_inside, np.int32)
-            for j in range(n_inside):  # unpack in place: items become the keys
-                it = items[j]
-                pixels[j] = np.int32(it & _U32_ALL)
-                items[j] = it >> _SHIFT32
-            keys = items
-        else:
-            keys, pixels = _radix_sort_pairs(keys, pixels, 64)
-        fill = np.empty(n_inside, np.int32)  # a tie group starting at j: slots[j:fill[j]]
-        j = 0
-        while j < n_inside:
-            k = keys[j]
-            ge = j + 1
-            while ge < n_inside and keys[ge] == k:
-                ge += 1
-            if ge - j > 1:
-                fill[j] = j
-                for t in range(j, ge):
-                    p = np.int64(pixels[t])
-                    st[p] |= _ST_TIE
-                    grank[p] = j
-            j = ge
+
+@numba.njit(cache=True, nogil=True)
+def _sort_values(items, keys, pixels, counts, packed):
+    """The in-mask keys in ascending order, and their pixels (raster order among equal keys)."""
+    if packed:
+        sorted_items = _radix_sort_packed32(items, counts)
+        m = sorted_items.shape[0]
+        sorted_pixels = np.empty(m, np.int32)
+        for j in range(m):  # unpack in place: the items become the keys
+            it = sorted_items[j]
+            sorted_pixels[j] = np.int32(it & _U32_ALL)
+            sorted_items[j] = it >> _SHIFT32
+        return sorted_items, sorted_pixels
+    return _radix_sort_pairs(keys, pixels, 64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _tie_groups(keys, pixels, st, grank, fill):
+    """Mark the pixels of shared keys (``_ST_TIE``), each with its run's start ``j`` in ``grank``;
+    ``fill[j] = j`` (that run of ``slots`` is the value's bucket)."""
+    m = keys.shape[0]
+    j = 0
+    while j < m:
+        k = keys[j]
+        ge = j + 1
+        while ge < m and keys[ge] == k:
+            ge += 1
+        if ge - j > 1:
+            fill[j] = j
+            for t in range(j, ge):
+                p = np.int64(pixels[t])
+                st[p] |= _ST_TIE
+                grank[p] = j
+        j = ge
+
+
+@numba.njit(cache=True, nogil=True)
+def _flood(bits, rank_mode, nbits, st, out, marker_pixels, n_markers, keys, pixels, hist, grank, fill,
+           n_inside, height, width, connectivity):
+    """Phases 1 and 2 (see :func:`watershed_flat`)."""
+    n = height * width
+    direct = rank_mode == RANK_DIRECT
 
     # The highest key shared by two live markers (markers with an unlabelled in-mask
     # neighbour). Until every marker at or below it has been popped, only an exact
@@ -655,17 +628,21 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
                 live_keys[n_live] = _key(bits, p, rank_mode, nbits)
                 n_live += 1
                 break
-    live_keys = np.sort(live_keys[:n_live])
+    sorted_live = np.sort(live_keys[:n_live])
     has_tie = False
     last_tie = np.uint64(0)
     for m in range(n_live - 1, 0, -1):
-        if live_keys[m] == live_keys[m - 1]:
+        if sorted_live[m] == sorted_live[m - 1]:
             has_tie = True
-            last_tie = live_keys[m]
+            last_tie = sorted_live[m]
             break
+
+    slots = np.empty(n_inside, np.int32)
     fifo = np.empty(n_inside, np.int32)
     fw = 0
     cur = np.uint64(0)
+    start = 0
+    skip_first = False
 
     if not has_tie:
         # No ties: each value holds at most one live marker, so raster order is fine.
@@ -679,8 +656,6 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
                 continue
             slots[fill[g]] = p
             fill[g] += 1
-        start = 0
-        skip_first = False
     else:
         # ---- phase 1: exact heap on (key, age) (markers have age 0) ----
         n_tied_phase = 0
@@ -785,12 +760,12 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
         j = start
         while j < n_inside:
             cur = keys[j]
-            p = np.int64(pixels[j])
             ge = j + 1
             while ge < n_inside and keys[ge] == cur:
                 ge += 1
             if not skip_first:
                 if ge - j == 1:
+                    p = np.int64(pixels[j])
                     if not (st[p] & _ST_AVAIL):  # labelled, hence queued
                         fw = _visit(p, cur, bits, rank_mode, nbits, st, out, grank, fill, slots,
                                     fifo, fw, width, n, connectivity)
@@ -809,6 +784,79 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
                 fr += 1
             fw = 0
             j = ge
+
+
+@numba.njit(cache=True, nogil=True)
+def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, width, connectivity, out):
+    """Marker watershed on flat arrays; writes the labels into ``out``; returns a status.
+
+    Parameters
+    ----------
+    bits : (H*W,) uint8, uint16, uint32 or uint64
+        Image values: unsigned integers, or the raw bits of float32/float64 values.
+    rank_mode : int
+        RANK_DIRECT, RANK_SORT_UINT or RANK_SORT_FLOAT.
+    nbits : int
+        Bits per value: 8 or 16 for RANK_DIRECT, 32 or 64 otherwise.
+    markers : (H*W,) int32
+        Marker labels, 0 = none.
+    mask : (H*W,) uint8, or empty when ``has_mask`` is False
+        Nonzero where pixels may be labelled.
+    height, width, connectivity : int
+    out : (H*W,) int32
+        Output buffer, fully overwritten when STATUS_OK is returned.
+
+    Returns
+    -------
+    STATUS_OK, or STATUS_NAN (a NaN inside the mask; ``out`` is then garbage).
+
+    Notes
+    -----
+    Only the output and a byte of state per pixel (``st``: available, first/last
+    column, tied value) span the whole image; everything else is sized by, and only
+    touches, the in-mask pixels.
+
+    Phase 2 sweeps the distinct in-mask values upwards (RANK_DIRECT: every value;
+    otherwise the radix-sorted in-mask keys, a run of equal keys at a time). For the
+    current value it first pops the pixels queued at that value before it became
+    current, in push (= age) order, then its FIFO: the pixels pushed meanwhile at or
+    below it (clamped up to it), in push order. A value held by a single in-mask pixel
+    has no bucket: that pixel is queued exactly when it is labelled. A shared value
+    (RANK_DIRECT: any value) has a bucket, its run of positions in ``slots``, filled
+    in push order.
+    """
+    n = height * width
+    direct = rank_mode == RANK_DIRECT
+    packed = nbits <= 32
+    st = np.empty(n, np.uint8)
+    n_inside = _init_state(mask, has_mask, height, width, out, st)
+
+    marker_pixels = np.empty(n_inside, np.int32)
+    items = np.empty(n_inside if (packed and not direct) else 0, np.uint64)
+    keys = np.empty(0 if (packed or direct) else n_inside, np.uint64)
+    pixels = np.empty(0 if (packed or direct) else n_inside, np.int32)
+    counts = np.zeros((3, (1 << _DIGIT_BITS) if (packed and not direct) else 0), np.int64)
+    hist = np.zeros((1 << nbits) + 1 if direct else 0, np.int32)
+    status, n_markers = _scan(bits, rank_mode, nbits, markers, mask, has_mask, n, st, out, marker_pixels,
+                              items, keys, pixels, counts, hist)
+    if status != STATUS_OK:
+        return status
+    if n_markers == 0 or n_markers == n_inside:
+        return STATUS_OK
+
+    if direct:
+        for v in range(1 << nbits):
+            hist[v + 1] += hist[v]
+        # bucket v: slots[hist[v]:fill[v]]
+        _flood(bits, rank_mode, nbits, st, out, marker_pixels, n_markers, keys, pixels, hist,
+               np.empty(0, np.int32), hist[:-1].copy(), n_inside, height, width, connectivity)
+    else:
+        sorted_keys, sorted_pixels = _sort_values(items, keys, pixels, counts, packed)
+        grank = np.empty(n, np.int32)  # only tie members' entries are written or read
+        fill = np.empty(n_inside, np.int32)  # a tie group starting at j: slots[j:fill[j]]
+        _tie_groups(sorted_keys, sorted_pixels, st, grank, fill)
+        _flood(bits, rank_mode, nbits, st, out, marker_pixels, n_markers, sorted_keys, sorted_pixels, hist,
+               grank, fill, n_inside, height, width, connectivity)
     return STATUS_OK
 
 
