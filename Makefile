@@ -5,11 +5,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DSB    := $(VENV)/bin/dsb
 STAMP  := $(VENV)/.dsb-installed
-DSB_DATA ?= ../shared/dsb2018/stage1_test.zip
 # Compiled numba kernels are cached here so a second process does not pay the compile.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: setup demo test test-fast bench submission clean
+.PHONY: setup demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +34,6 @@ bench: setup
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/predict_memory.py
 	$(PY) benchmarks/predict_speed.py
-
-submission: setup
-	$(DSB) predict --checkpoint dsb-cpu --input $(DSB_DATA) --tta d4 --out submissions/stage1_test.csv
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache .hypothesis

@@ -232,27 +232,22 @@ def _collect_direct(nbits, out, info, inside_pixels, n_markers):
 
 
 @numba.njit(cache=True, nogil=True)
-def _collect_sorted(bits, rank_mode, nbits, out, info, inside_pixels, n_markers):
-    """Radix-sort the in-mask values; store their dense ranks in ``info``.
+def _gather_keys(bits, rank_mode, nbits, out, inside_pixels, marker_pixels, items, keys, counts):
+    """The order-preserving keys of the in-mask values, and the marker pixels.
 
-    Keys of up to 32 bits travel packed with their pixel in one uint64; 64-bit keys
-    are sorted as (key, pixel) pairs. Returns ``(marker_pixels, bucket_start, status)``
-    (see :func:`_collect_direct`).
+    Keys of up to 32 bits go into ``items`` packed with their pixel (``key << 32 |
+    pixel``), with the three 11-bit digit histograms of the keys in ``counts``; 64-bit
+    keys go into ``keys``. Returns a status (STATUS_NAN for a NaN).
     """
-    n_inside = inside_pixels.shape[0]
-    marker_pixels = np.empty(n_markers, np.int32)
-    m = 0
     is_float = rank_mode == RANK_SORT_FLOAT
     packed = nbits <= 32
-    items = np.empty(n_inside if packed else 0, np.uint64)
-    keys = np.empty(0 if packed else n_inside, np.uint64)
-    counts = np.zeros((3, 1 << _DIGIT_BITS), np.int64)
-    for j in range(n_inside):
+    m = 0
+    for j in range(inside_pixels.shape[0]):
         i = inside_pixels[j]
         u = np.uint64(bits[i])
         if is_float:
             if _is_nan_bits(u, nbits):
-                return marker_pixels, np.empty(0, np.int64), STATUS_NAN
+                return STATUS_NAN
             u = _float_key(u, nbits)
         if packed:
             items[j] = (u << _SHIFT32) | np.uint64(i)
@@ -264,14 +259,32 @@ def _collect_sorted(bits, rank_mode, nbits, out, info, inside_pixels, n_markers)
         if out[i] != 0:
             marker_pixels[m] = i
             m += 1
-    if packed:
-        items = _radix_sort_packed32(items, counts)
-        keys = items >> _SHIFT32
-        pixels = (items & _U32_ALL).astype(np.int32)
-    else:
-        keys, pixels = _radix_sort_pairs(keys, inside_pixels.copy(), 64)
+    return STATUS_OK
 
-    bucket_start = np.empty(n_inside + 1, np.int64)
+
+@numba.njit(cache=True, nogil=True)
+def _ranks_packed(items, info, bucket_start):
+    """Dense ranks of sorted packed items into ``info``; bucket starts. Returns the rank count."""
+    n_inside = items.shape[0]
+    bucket_start[0] = 0
+    rank = 0
+    prev = items[0] >> _SHIFT32
+    for j in range(n_inside):
+        it = items[j]
+        k = it >> _SHIFT32
+        if k != prev:
+            rank += 1
+            bucket_start[rank] = j
+            prev = k
+        info[it & _U32_ALL] |= np.uint32(rank) << _RANK_SHIFT
+    bucket_start[rank + 1] = n_inside
+    return rank + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _ranks_pairs(keys, pixels, info, bucket_start):
+    """Like :func:`_ranks_packed` for sorted ``keys`` and their ``pixels``."""
+    n_inside = keys.shape[0]
     bucket_start[0] = 0
     rank = 0
     for j in range(n_inside):
@@ -279,10 +292,36 @@ def _collect_sorted(bits, rank_mode, nbits, out, info, inside_pixels, n_markers)
             rank += 1
             bucket_start[rank] = j
         info[pixels[j]] |= np.uint32(rank) << _RANK_SHIFT
-    n_ranks = rank + 1
+    bucket_start[rank + 1] = n_inside
+    return rank + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _collect_sorted(bits, rank_mode, nbits, out, info, inside_pixels, n_markers):
+    """Radix-sort the in-mask values; store their dense ranks in ``info``.
+
+    Keys of up to 32 bits travel packed with their pixel in one uint64; 64-bit keys
+    are sorted as (key, pixel) pairs. Returns ``(marker_pixels, bucket_start, status)``
+    (see :func:`_collect_direct`). The loops live in helpers that never rebind an
+    array (a rebound array in a loop's function costs numba reference counting).
+    """
+    n_inside = inside_pixels.shape[0]
+    marker_pixels = np.empty(n_markers, np.int32)
+    packed = nbits <= 32
+    items = np.empty(n_inside if packed else 0, np.uint64)
+    keys = np.empty(0 if packed else n_inside, np.uint64)
+    counts = np.zeros((3, 1 << _DIGIT_BITS), np.int64)
+    bucket_start = np.empty(n_inside + 1, np.int64)
+    status = _gather_keys(bits, rank_mode, nbits, out, inside_pixels, marker_pixels, items, keys, counts)
+    if status != STATUS_OK:
+        return marker_pixels, bucket_start[:0], status
+    if packed:
+        n_ranks = _ranks_packed(_radix_sort_packed32(items, counts), info, bucket_start)
+    else:
+        sorted_keys, sorted_pixels = _radix_sort_pairs(keys, inside_pixels.copy(), 64)
+        n_ranks = _ranks_pairs(sorted_keys, sorted_pixels, info, bucket_start)
     if n_ranks > MAX_RANKS:
-        return marker_pixels, np.empty(0, np.int64), STATUS_TOO_BIG
-    bucket_start[n_ranks] = n_inside
+        return marker_pixels, bucket_start[:0], STATUS_TOO_BIG
     return marker_pixels, bucket_start[: n_ranks + 1], STATUS_OK
 
 
@@ -361,431 +400,6 @@ def _heap_pop(keys, pix, items):
     pix[i] = yp
 
 
-_ST_AVAIL = np.uint8(1)  # in the mask, not labelled yet
-_ST_FIRST_COL = np.uint8(2)
-_ST_LAST_COL = np.uint8(4)
-_ST_TIE = np.uint8(8)  # (sorted modes) its value is shared by another in-mask pixel
-_ST_CLEAR_AVAIL = np.uint8(0xFE)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _key(bits, p, rank_mode, nbits):
-    """The order-preserving unsigned key of pixel ``p``'s value (not for NaN)."""
-    u = np.uint64(bits[p])
-    if rank_mode == RANK_SORT_FLOAT:
-        return _float_key(u, nbits)
-    return u
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _next(k, p, flags, width, n):
-    """Flat index of neighbour ``k`` of ``p`` (scikit-image's order), or -1 off the image."""
-    if k == 0:
-        return p - width if p >= width else -1
-    if k == 1:
-        return -1 if flags & _ST_FIRST_COL else p - 1
-    if k == 2:
-        return -1 if flags & _ST_LAST_COL else p + 1
-    if k == 3:
-        return p + width if p < n - width else -1
-    if k == 4:
-        return p - width - 1 if (p >= width and not (flags & _ST_FIRST_COL)) else -1
-    if k == 5:
-        return p - width + 1 if (p >= width and not (flags & _ST_LAST_COL)) else -1
-    if k == 6:
-        return p + width - 1 if (p < n - width and not (flags & _ST_FIRST_COL)) else -1
-    return p + width + 1 if (p < n - width and not (flags & _ST_LAST_COL)) else -1
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _less(k1, a1, k2, a2):
-    return k1 < k2 or (k1 == k2 and a1 < a2)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _heap_push2(hk, ha, hp, items, k, a, p):
-    """scikit-image's heappush on items ``(key, age)``: swap up while strictly smaller."""
-    c = items
-    while c > 0:
-        parent = (c + 1) // 2 - 1
-        if _less(k, a, hk[parent], ha[parent]):
-            hk[c] = hk[parent]
-            ha[c] = ha[parent]
-            hp[c] = hp[parent]
-            c = parent
-        else:
-            break
-    hk[c] = k
-    ha[c] = a
-    hp[c] = p
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _heap_pop2(hk, ha, hp, items):
-    """scikit-image's heappop after the root was read; ``items`` is the new size.
-
-    Moves the last item to the root and sifts it down: at each level the left child
-    wins unless the right one is strictly smaller, and the item stops as soon as that
-    child is not strictly smaller than it. Done bottom-up (Floyd): the hole walks down
-    the path of smaller children to a leaf, then the item climbs back up the same path
-    while not strictly greater than the parent: keys along the path never decrease,
-    so it lands where the top-down walk would have stopped, ties included.
-    """
-    yk = hk[items]
-    ya = ha[items]
-    yp = hp[items]
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left + 1 < items:
-            right = left + 1
-            child = right if _less(hk[right], ha[right], hk[left], ha[left]) else left
-        elif left < items:
-            child = left
-        else:
-            break
-        hk[i] = hk[child]
-        ha[i] = ha[child]
-        hp[i] = hp[child]
-        i = child
-    while i > 0:
-        parent = (i + 1) // 2 - 1
-        if not _less(hk[parent], ha[parent], yk, ya):  # item <= parent: climb
-            hk[i] = hk[parent]
-            ha[i] = ha[parent]
-            hp[i] = hp[parent]
-            i = parent
-        else:
-            break
-    hk[i] = yk
-    ha[i] = ya
-    hp[i] = yp
-
-
-@numba.njit(cache=True, nogil=True)
-def _visit(e, cur, bits, rank_mode, nbits, st, out, grank, fill, slots, fifo, fw, width, n, connectivity):
-    """Pop ``e`` in phase 2: label its available neighbours and queue them. Returns the FIFO end.
-
-    A neighbour whose key is at most the current one joins the FIFO. One above it
-    joins its value's bucket (``slots[fill[g]]``) if that value is shared (a bucket of
-    the value for RANK_DIRECT, of the tie group starting at ``grank[q]`` otherwise);
-    a pixel with a value of its own needs nothing: being labelled is its place in the
-    queue, and the sweep reaches it at its sorted position.
-    """
-    label = out[e]
-    flags = st[e]
-    for k in range(8):
-        if k == 4 and connectivity == 1:
-            break
-        q = _next(k, e, flags, width, n)
-        if q < 0:
-            continue
-        s = st[q]
-        if not (s & _ST_AVAIL):
-            continue
-        st[q] = s & _ST_CLEAR_AVAIL
-        out[q] = label
-        kq = _key(bits, q, rank_mode, nbits)
-        if kq <= cur:
-            fifo[fw] = q
-            fw += 1
-        elif rank_mode == RANK_DIRECT:
-            g = np.int64(kq)
-            slots[fill[g]] = q
-            fill[g] += 1
-        elif s & _ST_TIE:
-            g = np.int64(grank[q])
-            slots[fill[g]] = q
-            fill[g] += 1
-    return fw
-
-
-@numba.njit(cache=True, nogil=True)
-def _init_state(mask, has_mask, height, width, out, st):
-    """``out = 0``; ``st`` = available where in the mask, plus the column flags. Returns the in-mask count."""
-    n = height * width
-    out[:] = 0
-    n_inside = 0
-    if has_mask:
-        for i in range(n):
-            inside = mask[i] != 0
-            st[i] = np.uint8(inside)
-            n_inside += inside
-    else:
-        st[:] = _ST_AVAIL
-        n_inside = n
-    for r in range(height):
-        st[r * width] |= _ST_FIRST_COL
-        st[r * width + width - 1] |= _ST_LAST_COL
-    return n_inside
-
-
-@numba.njit(cache=True, nogil=True)
-def _scan(bits, rank_mode, nbits, markers, mask, has_mask, n, st, out, marker_pixels, items, keys, pixels,
-          counts, hist):
-    """The in-mask pixels in raster order (skipping empty mask words): markers into ``out`` and
-    ``marker_pixels``; values into ``hist`` (RANK_DIRECT), ``items`` and ``counts`` (32-bit keys
-    packed with their pixel), or ``keys`` and ``pixels`` (64-bit keys).
-
-    Returns ``(status, n_markers)``.
-    """
-    direct = rank_mode == RANK_DIRECT
-    is_float = rank_mode == RANK_SORT_FLOAT
-    packed = nbits <= 32
-    n_markers = 0
-    n_words = n // 8 if has_mask else 0
-    words = mask[: n_words * 8].view(np.uint64)
-    j = 0
-    for w in range((n + 7) // 8):
-        if w < n_words and words[w] == 0:
-            continue
-        for i in range(8 * w, min(8 * w + 8, n)):
-            if has_mask and mask[i] == 0:
-                continue
-            u = np.uint64(bits[i])
-            if direct:
-                hist[u + np.uint64(1)] += 1
-            else:
-                if is_float:
-                    if _is_nan_bits(u, nbits):
-                        return STATUS_NAN, n_markers
-                    u = _float_key(u, nbits)
-                if packed:
-                    items[j] = (u << _SHIFT32) | np.uint64(i)
-                    counts[0, u & _DIGIT_MASK] += 1
-                    counts[1, (u >> np.uint64(_DIGIT_BITS)) & _DIGIT_MASK] += 1
-                    counts[2, u >> np.uint64(2 * _DIGIT_BITS)] += 1
-                else:
-                    keys[j] = u
-                    pixels[j] = i
-            j += 1
-            label = markers[i]
-            if label != 0:
-                out[i] = label
-                st[i] &= _ST_CLEAR_AVAIL
-                marker_pixels[n_markers] = i
-                n_markers += 1
-    return STATUS_OK, n_markers
-
-
-@numba.njit(cache=True, nogil=True)
-def _sort_values(items, keys, pixels, counts, packed):
-    """The in-mask keys in ascending order, and their pixels (raster order among equal keys)."""
-    if packed:
-        sorted_items = _radix_sort_packed32(items, counts)
-        m = sorted_items.shape[0]
-        sorted_pixels = np.empty(m, np.int32)
-        for j in range(m):  # unpack in place: the items become the keys
-            it = sorted_items[j]
-            sorted_pixels[j] = np.int32(it & _U32_ALL)
-            sorted_items[j] = it >> _SHIFT32
-        return sorted_items, sorted_pixels
-    return _radix_sort_pairs(keys, pixels, 64)
-
-
-@numba.njit(cache=True, nogil=True)
-def _tie_groups(keys, pixels, st, grank, fill):
-    """Mark the pixels of shared keys (``_ST_TIE``), each with its run's start ``j`` in ``grank``;
-    ``fill[j] = j`` (that run of ``slots`` is the value's bucket)."""
-    m = keys.shape[0]
-    j = 0
-    while j < m:
-        k = keys[j]
-        ge = j + 1
-        while ge < m and keys[ge] == k:
-            ge += 1
-        if ge - j > 1:
-            fill[j] = j
-            for t in range(j, ge):
-                p = np.int64(pixels[t])
-                st[p] |= _ST_TIE
-                grank[p] = j
-        j = ge
-
-
-@numba.njit(cache=True, nogil=True)
-def _flood(bits, rank_mode, nbits, st, out, marker_pixels, n_markers, keys, pixels, hist, grank, fill,
-           n_inside, height, width, connectivity):
-    """Phases 1 and 2 (see :func:`watershed_flat`)."""
-    n = height * width
-    direct = rank_mode == RANK_DIRECT
-
-    # The highest key shared by two live markers (markers with an unlabelled in-mask
-    # neighbour). Until every marker at or below it has been popped, only an exact
-    # replica of scikit-image's heap gives their order. A marker without such a
-    # neighbour never gets one, so popping it does nothing and its place among its
-    # ties is irrelevant.
-    live_keys = np.empty(n_markers, np.uint64)
-    n_live = 0
-    for m in range(n_markers):
-        p = np.int64(marker_pixels[m])
-        flags = st[p]
-        for k in range(8):
-            if k == 4 and connectivity == 1:
-                break
-            q = _next(k, p, flags, width, n)
-            if q >= 0 and (st[q] & _ST_AVAIL):
-                live_keys[n_live] = _key(bits, p, rank_mode, nbits)
-                n_live += 1
-                break
-    sorted_live = np.sort(live_keys[:n_live])
-    has_tie = False
-    last_tie = np.uint64(0)
-    for m in range(n_live - 1, 0, -1):
-        if sorted_live[m] == sorted_live[m - 1]:
-            has_tie = True
-            last_tie = sorted_live[m]
-            break
-
-    slots = np.empty(n_inside, np.int32)
-    fifo = np.empty(n_inside, np.int32)
-    fw = 0
-    cur = np.uint64(0)
-    start = 0
-    skip_first = False
-
-    if not has_tie:
-        # No ties: each value holds at most one live marker, so raster order is fine.
-        for m in range(n_markers):
-            p = np.int64(marker_pixels[m])
-            if direct:
-                g = np.int64(_key(bits, p, rank_mode, nbits))
-            elif st[p] & _ST_TIE:
-                g = np.int64(grank[p])
-            else:
-                continue
-            slots[fill[g]] = p
-            fill[g] += 1
-    else:
-        # ---- phase 1: exact heap on (key, age) (markers have age 0) ----
-        n_tied_phase = 0
-        for m in range(n_markers):
-            n_tied_phase += _key(bits, np.int64(marker_pixels[m]), rank_mode, nbits) <= last_tie
-        hk = np.empty(n_inside + 1, np.uint64)
-        ha = np.empty(n_inside + 1, np.int64)
-        hp = np.empty(n_inside + 1, np.int32)
-        items_h = 0
-        for m in range(n_markers):
-            p = np.int64(marker_pixels[m])
-            _heap_push2(hk, ha, hp, items_h, _key(bits, p, rank_mode, nbits), 0, p)
-            items_h += 1
-        age = 1
-        popped_markers = 0
-        while items_h > 0 and popped_markers < n_tied_phase:
-            ekey = hk[0]
-            eage = ha[0]
-            e = np.int64(hp[0])
-            items_h -= 1
-            if items_h > 0:
-                _heap_pop2(hk, ha, hp, items_h)
-            if eage == 0:
-                popped_markers += 1
-            cur = ekey
-            label = out[e]
-            flags = st[e]
-            for k in range(8):
-                if k == 4 and connectivity == 1:
-                    break
-                q = _next(k, e, flags, width, n)
-                if q < 0:
-                    continue
-                s = st[q]
-                if not (s & _ST_AVAIL):
-                    continue
-                st[q] = s & _ST_CLEAR_AVAIL
-                out[q] = label
-                kq = _key(bits, q, rank_mode, nbits)
-                if kq < ekey:
-                    kq = ekey
-                _heap_push2(hk, ha, hp, items_h, kq, age, q)
-                age += 1
-                items_h += 1
-        # Every queued key is distinct now and at least ``cur``. Those at ``cur`` go
-        # to its FIFO, the others to their buckets (a value of its own needs none), all
-        # in key order, i.e. by ascending age within a value.
-        while items_h > 0:
-            ekey = hk[0]
-            e = np.int64(hp[0])
-            items_h -= 1
-            if items_h > 0:
-                _heap_pop2(hk, ha, hp, items_h)
-            if ekey == cur:
-                fifo[fw] = e
-                fw += 1
-                continue
-            if direct:
-                g = np.int64(ekey)
-            elif st[e] & _ST_TIE:
-                g = np.int64(grank[e])
-            else:
-                continue
-            slots[fill[g]] = e
-            fill[g] += 1
-        # The sweep resumes at ``cur`` with its FIFO only: pixels of value ``cur``
-        # were either popped in phase 1 or are in that FIFO.
-        skip_first = True
-        if direct:
-            start = np.int64(cur)
-        else:
-            lo = 0
-            hi = n_inside
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if keys[mid] < cur:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            start = lo
-
-    # ---- phase 2: sweep the values upwards ----
-    if direct:
-        n_vals = 1 << nbits
-        for g in range(start, n_vals):
-            cur = np.uint64(g)
-            if not skip_first:
-                r = hist[g]
-                end = fill[g]  # pushes at the current value go to the FIFO
-                while r < end:
-                    fw = _visit(np.int64(slots[r]), cur, bits, rank_mode, nbits, st, out, grank, fill, slots,
-                                fifo, fw, width, n, connectivity)
-                    r += 1
-            skip_first = False
-            fr = 0
-            while fr < fw:
-                fw = _visit(np.int64(fifo[fr]), cur, bits, rank_mode, nbits, st, out, grank, fill, slots,
-                            fifo, fw, width, n, connectivity)
-                fr += 1
-            fw = 0
-    else:
-        j = start
-        while j < n_inside:
-            cur = keys[j]
-            ge = j + 1
-            while ge < n_inside and keys[ge] == cur:
-                ge += 1
-            if not skip_first:
-                if ge - j == 1:
-                    p = np.int64(pixels[j])
-                    if not (st[p] & _ST_AVAIL):  # labelled, hence queued
-                        fw = _visit(p, cur, bits, rank_mode, nbits, st, out, grank, fill, slots,
-                                    fifo, fw, width, n, connectivity)
-                else:
-                    r = j
-                    end = fill[j]
-                    while r < end:
-                        fw = _visit(np.int64(slots[r]), cur, bits, rank_mode, nbits, st, out, grank, fill,
-                                    slots, fifo, fw, width, n, connectivity)
-                        r += 1
-            skip_first = False
-            fr = 0
-            while fr < fw:
-                fw = _visit(np.int64(fifo[fr]), cur, bits, rank_mode, nbits, st, out, grank, fill, slots,
-                            fifo, fw, width, n, connectivity)
-                fr += 1
-            fw = 0
-            j = ge
-
-
 @numba.njit(cache=True, nogil=True)
 def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, width, connectivity, out):
     """Marker watershed on flat arrays; writes the labels into ``out``; returns a status.
@@ -797,7 +411,7 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
     rank_mode : int
         RANK_DIRECT, RANK_SORT_UINT or RANK_SORT_FLOAT.
     nbits : int
-        Bits per value: 8 or 16 for RANK_DIRECT, 32 or 64 otherwise.
+        Bits per value: 8 or 16 for RANK_DIRECT, 32 or 64 for RANK_SORT_FLOAT.
     markers : (H*W,) int32
         Marker labels, 0 = none.
     mask : (H*W,) uint8, or empty when ``has_mask`` is False
@@ -808,55 +422,170 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
 
     Returns
     -------
-    STATUS_OK, or STATUS_NAN (a NaN inside the mask; ``out`` is then garbage).
+    STATUS_OK, STATUS_NAN (a NaN inside the mask) or STATUS_TOO_BIG (over MAX_RANKS
+    distinct in-mask values); on the last two ``out`` is garbage.
 
     Notes
     -----
-    Only the output and a byte of state per pixel (``st``: available, first/last
-    column, tied value) span the whole image; everything else is sized by, and only
-    touches, the in-mask pixels.
-
-    Phase 2 sweeps the distinct in-mask values upwards (RANK_DIRECT: every value;
-    otherwise the radix-sorted in-mask keys, a run of equal keys at a time). For the
-    current value it first pops the pixels queued at that value before it became
-    current, in push (= age) order, then its FIFO: the pixels pushed meanwhile at or
-    below it (clamped up to it), in push order. A value held by a single in-mask pixel
-    has no bucket: that pixel is queued exactly when it is labelled. A shared value
-    (RANK_DIRECT: any value) has a bucket, its run of positions in ``slots``, filled
-    in push order.
+    Phase 2's queue: each in-mask pixel is pushed at most once, so bucket ``r`` has
+    room for the in-mask pixels of rank ``r`` in a CSR array laid out by the sort
+    (``bucket_start``). A pixel pushed at a rank above the current one is appended to
+    its bucket; one pushed at or below it (clamped up to it) goes to the FIFO of the
+    current rank. A bucket's own items were all queued before it became current, so
+    they are older and come first, then the FIFO, both in push (= age) order.
     """
     n = height * width
-    direct = rank_mode == RANK_DIRECT
-    packed = nbits <= 32
-    st = np.empty(n, np.uint8)
-    n_inside = _init_state(mask, has_mask, height, width, out, st)
-
-    marker_pixels = np.empty(n_inside, np.int32)
-    items = np.empty(n_inside if (packed and not direct) else 0, np.uint64)
-    keys = np.empty(0 if (packed or direct) else n_inside, np.uint64)
-    pixels = np.empty(0 if (packed or direct) else n_inside, np.int32)
-    counts = np.zeros((3, (1 << _DIGIT_BITS) if (packed and not direct) else 0), np.int64)
-    hist = np.zeros((1 << nbits) + 1 if direct else 0, np.int32)
-    status, n_markers = _scan(bits, rank_mode, nbits, markers, mask, has_mask, n, st, out, marker_pixels,
-                              items, keys, pixels, counts, hist)
-    if status != STATUS_OK:
-        return status
-    if n_markers == 0 or n_markers == n_inside:
+    info = np.empty(n, np.uint32)
+    n_markers, n_available = _prepare(bits, rank_mode, markers, mask, has_mask, height, width, out, info)
+    if n_markers == 0 or n_available == 0:
         return STATUS_OK
+    n_inside = n_markers + n_available
 
-    if direct:
-        for v in range(1 << nbits):
-            hist[v + 1] += hist[v]
-        # bucket v: slots[hist[v]:fill[v]]
-        _flood(bits, rank_mode, nbits, st, out, marker_pixels, n_markers, keys, pixels, hist,
-               np.empty(0, np.int32), hist[:-1].copy(), n_inside, height, width, connectivity)
+    inside_pixels = _inside_pixels(mask, has_mask, n, n_inside)
+    if rank_mode == RANK_DIRECT:
+        marker_pixels, bucket_start = _collect_direct(nbits, out, info, inside_pixels, n_markers)
     else:
-        sorted_keys, sorted_pixels = _sort_values(items, keys, pixels, counts, packed)
-        grank = np.empty(n, np.int32)  # only tie members' entries are written or read
-        fill = np.empty(n_inside, np.int32)  # a tie group starting at j: slots[j:fill[j]]
-        _tie_groups(sorted_keys, sorted_pixels, st, grank, fill)
-        _flood(bits, rank_mode, nbits, st, out, marker_pixels, n_markers, sorted_keys, sorted_pixels, hist,
-               grank, fill, n_inside, height, width, connectivity)
+        marker_pixels, bucket_start, status = _collect_sorted(
+            bits, rank_mode, nbits, out, info, inside_pixels, n_markers
+        )
+        if status != STATUS_OK:
+            return status
+    n_ranks = bucket_start.shape[0] - 1
+
+    # The highest rank shared by two live markers (markers with an unlabelled in-mask
+    # neighbour). Until every marker at or below it has been popped, only an exact
+    # replica of scikit-image's heap gives their order. A marker without such a
+    # neighbour never gets one, so popping it does nothing and its place among its
+    # ties is irrelevant.
+    live_count = np.zeros(n_ranks, np.int32)
+    for p in marker_pixels:
+        eword = info[p]
+        for k in range(8):
+            if k == 4 and connectivity == 1:
+                break
+            q = _neighbour(k, p, eword, width, n)
+            if q >= 0 and (info[q] & _AVAIL):
+                live_count[eword >> _RANK_SHIFT] += 1
+                break
+    last_tie = -1
+    for r in range(n_ranks - 1, -1, -1):
+        if live_count[r] >= 2:
+            last_tie = r
+            break
+    n_tied_phase = 0
+    for p in marker_pixels:
+        n_tied_phase += np.int64(info[p] >> _RANK_SHIFT) <= last_tie
+
+    bucket_end = bucket_start[:-1].copy()  # next free slot of each bucket
+    slots = np.empty(n_inside, np.int32)
+    fifo = np.empty(n_inside, np.int32)
+    fifo_read = 0
+    fifo_write = 0
+    current = 0
+
+    if n_tied_phase == 0:
+        # No ties: each rank holds at most one marker, so raster order is fine.
+        for p in marker_pixels:
+            r = info[p] >> _RANK_SHIFT
+            slots[bucket_end[r]] = p
+            bucket_end[r] += 1
+    else:
+        # ---- phase 1: exact heap on key = rank << 32 | age (markers have age 0) ----
+        capacity = n_inside + 1
+        hkeys = np.empty(capacity, np.uint64)
+        hpix = np.empty(capacity, np.int32)
+        items = 0
+        for p in marker_pixels:
+            key = np.uint64(info[p] >> _RANK_SHIFT) << _SHIFT32
+            _heap_push(hkeys, hpix, items, key, p)
+            items += 1
+        age = np.uint64(1)
+        popped_markers = 0
+        erank = np.uint64(0)
+        while items > 0 and popped_markers < n_tied_phase:
+            ekey = hkeys[0]
+            e = np.int64(hpix[0])
+            items -= 1
+            if items > 0:
+                _heap_pop(hkeys, hpix, items)
+            if (ekey & _U32_ALL) == np.uint64(0):
+                popped_markers += 1
+            erank = ekey >> _SHIFT32
+            label = out[e]
+            eword = info[e]
+            for k in range(8):
+                if k == 4 and connectivity == 1:
+                    break
+                q = _neighbour(k, e, eword, width, n)
+                if q < 0:
+                    continue
+                word = info[q]
+                if not (word & _AVAIL):
+                    continue
+                info[q] = word ^ _AVAIL
+                out[q] = label
+                age += np.uint64(1)
+                qrank = np.uint64(word >> _RANK_SHIFT)
+                if qrank < erank:
+                    qrank = erank
+                _heap_push(hkeys, hpix, items, (qrank << _SHIFT32) | age, q)
+                items += 1
+        # Every queued key is distinct now. Items clamped in phase 1 all sit at the
+        # last popped rank (queued keys are >= the last popped one), which becomes the
+        # current rank: its items go to the FIFO, the others to their buckets, all in
+        # key order, i.e. by ascending age within a rank.
+        current = np.int64(erank)
+        while items > 0:
+            ekey = hkeys[0]
+            e = np.int64(hpix[0])
+            items -= 1
+            if items > 0:
+                _heap_pop(hkeys, hpix, items)
+            r = np.int64(ekey >> _SHIFT32)
+            if r == current:
+                fifo[fifo_write] = e
+                fifo_write += 1
+            else:
+                slots[bucket_end[r]] = e
+                bucket_end[r] += 1
+
+    # ---- phase 2: bucket queue ----
+    read = bucket_start[current]
+    while True:
+        if read < bucket_end[current]:
+            e = np.int64(slots[read])
+            read += 1
+        elif fifo_read < fifo_write:
+            e = np.int64(fifo[fifo_read])
+            fifo_read += 1
+        else:
+            current += 1
+            if current >= n_ranks:
+                break
+            read = bucket_start[current]
+            fifo_read = 0
+            fifo_write = 0
+            continue
+        label = out[e]
+        eword = info[e]
+        for k in range(8):
+            if k == 4 and connectivity == 1:
+                break
+            q = _neighbour(k, e, eword, width, n)
+            if q < 0:
+                continue
+            word = info[q]
+            if not (word & _AVAIL):
+                continue
+            info[q] = word ^ _AVAIL
+            out[q] = label
+            r = np.int64(word >> _RANK_SHIFT)
+            if r <= current:
+                fifo[fifo_write] = q
+                fifo_write += 1
+            else:
+                slots[bucket_end[r]] = q
+                bucket_end[r] += 1
     return STATUS_OK
 
 
