@@ -334,6 +334,16 @@ class _Solution:
         self.scored_ids = [i for i in self.all_ids if i not in ignored]
 
 
+def _is_solution_csv(path: str | os.PathLike) -> bool:
+    """True when the file's header is a solution's (``ImageId,EncodedPixels,Height,Width...``)."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.readline(256).decode("utf-8", "replace").strip().split(",")
+    except OSError:
+        return False
+    return header[:2] == ["ImageId", "EncodedPixels"] and {"Height", "Width"} <= set(header[2:])
+
+
 def score_submission(
     submission_csv: str | os.PathLike, solution: str | os.PathLike
 ) -> DatasetScore:
@@ -360,7 +370,18 @@ def score_submission(
     from dsb.submission import submission_runs
 
     truth = _Solution(solution)
-    runs_by_id = submission_runs(submission_csv, image_shapes=truth.shapes, image_ids=truth.all_ids)
+    if _is_solution_csv(submission_csv):
+        # A solution file scored as a submission (e.g. a solution against itself): its
+        # Height/Width/Usage columns are ignored, its rows are the prediction.
+        from dsb.data.kaggle import read_rle_csv
+
+        table = read_rle_csv(submission_csv)
+        missing = [i for i in truth.all_ids if i not in table]
+        if missing:
+            raise SubmissionError(f"{submission_csv}: {len(missing)} image(s) of the solution missing, e.g. {missing[0]}")
+        runs_by_id = {i: table.runs(i) for i in truth.all_ids}
+    else:
+        runs_by_id = submission_runs(submission_csv, image_shapes=truth.shapes, image_ids=truth.all_ids)
     records = []
     for image_id in truth.scored_ids:
         true_labels = truth.label_map(image_id)

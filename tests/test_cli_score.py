@@ -58,6 +58,15 @@ def test_score_json_is_alone_on_stdout(stage, tmp_path):
         assert "mAP 1.0000" in result.stderr
 
 
+def test_solution_file_scored_against_itself_is_one(stage):
+    """The solution CSV itself (with Height,Width,Usage columns) is accepted as the
+    submission: its extra columns are ignored."""
+    folder, _ = stage
+    result = invoke("score", folder.solution_csv, "--solution", folder.solution_csv, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["map"] == 1.0
+
+
 def test_score_tables_on_stderr(stage, tmp_path):
     folder, _ = stage
     sample = submission_from(folder.solution_csv, tmp_path / "sample.csv", rle="1 1")
