@@ -148,11 +148,11 @@ class PostprocessConfig:
 class InferConfig:
     tta: Literal["none", "flips", "d4"] = "d4"
     merge: Literal["mean", "gmean"] = "mean"
-    #: Images with more pixels than this are predicted in overlapping tiles.
+    #: Images with more pixels than this are predicted in overlapping tiles; it also
+    #: bounds the input pixels of every forward pass (TTA views are batched up to it).
     max_full_px: int = 1024 * 1024
     tile_px: int = 512
     tile_overlap_px: int = 64
-    batch_size: int = 4
 
 
 @dataclass
