@@ -48,7 +48,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from dsb.errors import DataError
+from dsb.errors import DataError, SubmissionError
 
 __all__ = [
     "THRESHOLDS",

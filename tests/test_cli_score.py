@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
@@ -65,6 +64,12 @@ def test_solution_file_scored_against_itself_is_one(stage):
     result = invoke("score", folder.solution_csv, "--solution", folder.solution_csv, "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["map"] == 1.0
+    partial = folder.solution_csv.parent / "partial_solution.csv"
+    lines = folder.solution_csv.read_text().splitlines()
+    dropped = lines[1].split(",")[0]
+    partial.write_text("\n".join(l for l in lines if not l.startswith(dropped)) + "\n")
+    result = invoke("score", partial, "--solution", folder.solution_csv)
+    assert result.exit_code == 2 and dropped in result.stderr
 
 
 def test_score_tables_on_stderr(stage, tmp_path):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from dsb.errors import SubmissionError
 from dsb.metrics import image_score
-from dsb.rle import label_map_to_rows, rle_decode, rle_to_pairs, runs_to_label_map
+from dsb.rle import rle_to_pairs, runs_to_label_map
 from dsb.submission import (
     HEADER,
     Problem,

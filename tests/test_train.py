@@ -9,12 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
 
 from dsb.config import config_from_dict, save_config
 from dsb.data.dataset import EpochDataset
