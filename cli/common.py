@@ -9,6 +9,7 @@ from typing import Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dsb.errors import DsbError
 
@@ -42,3 +43,9 @@ def data_path(path: Path | None, default_name: str) -> Path:
     if not root:
         raise DsbError(f"no data path given and DSB_DATA is not set (expected {default_name})")
     return Path(root) / default_name
+
+
+def progress_bar(**kwargs) -> Progress:
+    """A rich progress bar on the human console: description, bar, n/total, elapsed."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, **kwargs)

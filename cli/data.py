@@ -8,15 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.common import console, dsb_command, stdout
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True)
+from cli.common import console, dsb_command, progress_bar, stdout
 
 
 def _print_info(info: dict) -> None:
@@ -65,7 +59,7 @@ def register(app: typer.Typer) -> None:
         """Write N synthetic nuclei images in the Kaggle layout plus a stage-1 solution CSV."""
         from dsb.data.synthetic import write_synthetic_dataset
 
-        with _progress() as progress:
+        with progress_bar(transient=True) as progress:
             task = progress.add_task("synthetic images", total=n)
             dataset = write_synthetic_dataset(
                 out, n=n, seed=seed, as_zip=True if as_zip else None, masks=masks, overwrite=overwrite,
@@ -97,7 +91,7 @@ def register(app: typer.Typer) -> None:
         from dsb.data.kaggle import open_stage, stage_summary
 
         stage = open_stage(path, labels=None if labels == "none" else labels)
-        with _progress() as progress:
+        with progress_bar(transient=True) as progress:
             task = progress.add_task("image types", total=len(stage), visible=types)
             summary = stage_summary(stage, image_types=types,
                                     progress=lambda done: progress.update(task, completed=done))

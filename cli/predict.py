@@ -8,19 +8,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.common import console, dsb_command, stdout
+from cli.common import console, dsb_command, progress_bar, stdout
 from dsb.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
-
-
-def _progress(**kwargs) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, **kwargs)
 
 
 def register(app: typer.Typer) -> None:
@@ -54,7 +48,7 @@ def register(app: typer.Typer) -> None:
                 cfg = dataclasses.replace(cfg, postprocess=tuned.postprocess)
         stage = open_stage(input, labels=None)
         console.print(f"{len(paths)} model(s), {len(stage.image_ids)} images, TTA {tta or cfg.infer.tta}, device {dev}")
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("predict", total=len(stage.image_ids))
             summary = predict_stage(
                 models, cfg, stage, out, device=str(dev), tta=tta, save_probs_dir=save_probs,
@@ -84,7 +78,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_run_config(run_dir)
         items = load_oof(run_dir, cfg)
         console.print(f"{len(items)} out-of-fold images; searching {', '.join(cfg.targets.channels)} postprocessing")
-        with _progress(transient=True) as progress:
+        with progress_bar(transient=True) as progress:
             task = progress.add_task("tune", total=None)
             result = tune(items, cfg.targets.channels, cfg.postprocess, rounds=rounds,
                           on_eval=lambda _p, _m: progress.advance(task))
@@ -152,7 +146,7 @@ def register(app: typer.Typer) -> None:
 
         cfg_path = config or DEMO_CONFIG
         cfg = load_config(cfg_path, list(set_ or []))
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("train fold 0", total=cfg.train.epochs)
             result = run_demo(
                 cfg, work_dir, out, data=data, log=lambda m: progress.console.print(m),
