@@ -131,6 +131,19 @@ def register(app: typer.Typer) -> None:
         console.print("error kinds at IoU 0.5: " + ", ".join(f"{k} {v:.3g}" for k, v in report.error_kinds.items()))
         console.print(f"per-image scores: {path}")
 
+    @app.command("export")
+    @dsb_command
+    def export_cmd(
+        run_dir: Annotated[Path, typer.Argument(help="A training run folder (fold*/best.pt).")],
+        name: Annotated[str, typer.Argument(help="Name of the checkpoint set (dsb predict --checkpoint NAME).")],
+        weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Where shipped sets live.")] = REPO / "weights",
+    ) -> None:
+        """Ship a run as a named fp16 checkpoint set with a manifest (config, command, data checksum, OOF score)."""
+        from dsb.export import export_run
+
+        out = export_run(run_dir, name, weights_dir)
+        console.print(f"exported {run_dir} -> [bold]{out}[/]", soft_wrap=True)
+
     @app.command("demo")
     @dsb_command
     def demo(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,6 +28,19 @@ def _dist_from_env():
     return DistInfo(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def _command_line(ctx: typer.Context) -> str:
+    """The running command, rebuilt from its parsed options (recorded in run.json)."""
+    parts = ctx.command_path.split()
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or param.name == "max_epochs":
+            continue
+        flag = param.opts[0]
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            parts += [flag, str(item)]
+    return shlex.join(parts)
+
+
 def _parse_folds(fold: Optional[int], folds: Optional[str], n_folds: int) -> list[int]:
     if fold is not None and folds is not None:
         raise ConfigError("give either --fold or --folds, not both")
@@ -48,6 +62,7 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @dsb_command
     def train(
+        ctx: typer.Context,
         config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (configs/*.yaml).")] = None,
         fold: Annotated[Optional[int], typer.Option(help="Train this fold only.")] = None,
         folds: Annotated[Optional[str], typer.Option(help="'all' or a list like 0,2.")] = None,
@@ -99,7 +114,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[bold]run[/] {run_dir}  folds {chosen}  config {cfg.name}")
                 run_dir.mkdir(parents=True, exist_ok=True)
                 with atomic_write(run_dir / RUN_FILE) as fh:
-                    json.dump({"folds": chosen}, fh)
+                    json.dump({"folds": chosen, "command": _command_line(ctx)}, fh)
             samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
             results = []
             for k in chosen:

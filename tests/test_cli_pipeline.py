@@ -98,3 +98,27 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "thresholding alone" in res.output and "test mAP" in res.output
     assert (tmp_path / "demo.csv").read_text().startswith("ImageId,EncodedPixels")
     assert list((tmp_path / "work" / "overlays").glob("*.png"))
+
+
+def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatch):
+    import torch
+
+    root, run, test = trained_run
+    weights = root / "weights"
+    res = runner.invoke(app, ["export", str(run), "tiny-set", "--weights-dir", str(weights)])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((weights / "tiny-set" / "manifest.json").read_text())
+    assert manifest["folds"][0]["file"] == "fold0.pt" and manifest["config"]["name"] == "tiny"
+    assert "dsb train" in manifest["command"]
+    payload = torch.load(weights / "tiny-set" / "fold0.pt", weights_only=False)
+    assert payload["half"] and all(
+        v.dtype == torch.float16 for v in payload["model"].values() if v.is_floating_point()
+    )
+    from dsb.infer import pipeline
+
+    monkeypatch.setattr(pipeline, "WEIGHTS_DIR", weights)
+    assert pipeline.resolve_checkpoints(["tiny-set"], weights_dir=weights) == [weights / "tiny-set" / "fold0.pt"]
+    with pytest.raises(Exception, match="shipped sets: tiny-set"):
+        pipeline.resolve_checkpoints(["nope"], weights_dir=weights)
+    res = runner.invoke(app, ["export", str(root / "missing-run"), "x", "--weights-dir", str(weights)])
+    assert res.exit_code == 2 and not (weights / "x").exists()

@@ -56,7 +56,7 @@ MAX_RANKS = 1 << 28
 _AVAIL = np.uint32(1)
 _FIRST_COL = np.uint32(2)
 _LAST_COL = np.uint32(4)
-_INSIDE = np.uint32(8)
+_SHARED = np.uint32(8)  # the rank is shared by another in-mask pixel
 _RANK_SHIFT = np.uint32(4)
 
 _U32_SIGN = np.uint64(0x80000000)
@@ -105,9 +105,9 @@ def _prepare(bits, rank_mode, markers, mask, has_mask, height, width, out, info)
         label = markers[i] * np.int32(inside)
         out[i] = label
         available = inside & np.uint32(label == 0)
-        word = (inside * _INSIDE) | available
+        word = available
         if direct:
-            word |= inside * (np.uint32(bits[i]) << _RANK_SHIFT)
+            word |= inside * ((np.uint32(bits[i]) << _RANK_SHIFT) | _SHARED)
         info[i] = word
         n_markers += label != 0
         n_available += available
@@ -228,7 +228,7 @@ def _collect_direct(nbits, out, info, inside_pixels, n_markers):
             m += 1
     for r in range(n_ranks):
         counts[r + 1] += counts[r]
-    return marker_pixels, counts
+    return marker_pixels, counts, np.empty(0, np.int32)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -263,8 +263,9 @@ def _gather_keys(bits, rank_mode, nbits, out, inside_pixels, marker_pixels, item
 
 
 @numba.njit(cache=True, nogil=True)
-def _ranks_packed(items, info, bucket_start):
-    """Dense ranks of sorted packed items into ``info``; bucket starts. Returns the rank count."""
+def _ranks_packed(items, info, bucket_start, sorted_pixels):
+    """Dense ranks of sorted packed items into ``info`` (with the _SHARED flag); bucket
+    starts; the pixels in sorted order. Returns the rank count."""
     n_inside = items.shape[0]
     bucket_start[0] = 0
     rank = 0
@@ -276,7 +277,12 @@ def _ranks_packed(items, info, bucket_start):
             rank += 1
             bucket_start[rank] = j
             prev = k
-        info[it & _U32_ALL] |= np.uint32(rank) << _RANK_SHIFT
+        shared = (j > 0 and (items[j - 1] >> _SHIFT32) == k) or (
+            j + 1 < n_inside and (items[j + 1] >> _SHIFT32) == k
+        )
+        pixel = it & _U32_ALL
+        sorted_pixels[j] = np.int32(pixel)
+        info[pixel] |= (np.uint32(rank) << _RANK_SHIFT) | (_SHARED * np.uint32(shared))
     bucket_start[rank + 1] = n_inside
     return rank + 1
 
@@ -291,7 +297,8 @@ def _ranks_pairs(keys, pixels, info, bucket_start):
         if j > 0 and keys[j] != keys[j - 1]:
             rank += 1
             bucket_start[rank] = j
-        info[pixels[j]] |= np.uint32(rank) << _RANK_SHIFT
+        shared = (j > 0 and keys[j - 1] == keys[j]) or (j + 1 < n_inside and keys[j + 1] == keys[j])
+        info[pixels[j]] |= (np.uint32(rank) << _RANK_SHIFT) | (_SHARED * np.uint32(shared))
     bucket_start[rank + 1] = n_inside
     return rank + 1
 
@@ -314,15 +321,16 @@ def _collect_sorted(bits, rank_mode, nbits, out, info, inside_pixels, n_markers)
     bucket_start = np.empty(n_inside + 1, np.int64)
     status = _gather_keys(bits, rank_mode, nbits, out, inside_pixels, marker_pixels, items, keys, counts)
     if status != STATUS_OK:
-        return marker_pixels, bucket_start[:0], status
+        return marker_pixels, bucket_start[:0], inside_pixels, status
     if packed:
-        n_ranks = _ranks_packed(_radix_sort_packed32(items, counts), info, bucket_start)
+        sorted_pixels = np.empty(n_inside, np.int32)
+        n_ranks = _ranks_packed(_radix_sort_packed32(items, counts), info, bucket_start, sorted_pixels)
     else:
         sorted_keys, sorted_pixels = _radix_sort_pairs(keys, inside_pixels.copy(), 64)
         n_ranks = _ranks_pairs(sorted_keys, sorted_pixels, info, bucket_start)
     if n_ranks > MAX_RANKS:
-        return marker_pixels, bucket_start[:0], STATUS_TOO_BIG
-    return marker_pixels, bucket_start[: n_ranks + 1], STATUS_OK
+        return marker_pixels, bucket_start[:0], sorted_pixels, STATUS_TOO_BIG
+    return marker_pixels, bucket_start[: n_ranks + 1], sorted_pixels, STATUS_OK
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -401,6 +409,106 @@ def _heap_pop(keys, pix, items):
 
 
 @numba.njit(cache=True, nogil=True)
+def _flood(info, out, slots, fifo, fifo_write, bucket_start, bucket_end, sorted_pixels,
+           current, skip_first_bucket, width, n, conn8):
+    """Phase 2's bucket queue, from rank ``current`` with ``fifo_write`` items in the FIFO.
+
+    Rank by rank: first the bucket (older items), then the FIFO. A rank held by one
+    pixel alone (no _SHARED flag) gets no slot when its pixel is queued: the pixel is
+    queued iff it is labelled when the rank comes up (the labelled pixels of a rank above
+    the current one are exactly the queued ones), and is then put in its rank's single
+    slot. Shared ranks (and all ranks for RANK_DIRECT, where ``sorted_pixels`` is empty)
+    fill their slots when queued. ``skip_first_bucket``: after phase 1 the current
+    rank's items are all in the FIFO. One expansion site, no helper taking arrays: an
+    array rebound (or passed to an inlined helper) in this loop costs reference counting.
+    """
+    n_ranks = bucket_start.shape[0] - 1
+    scan = sorted_pixels.shape[0] > 0
+    nb = np.empty(8, np.int64)
+    last = n - width
+    r = current
+    fifo_read = 0
+    j0 = bucket_start[r]
+    read = j0
+    end = j0
+    if not skip_first_bucket:
+        if scan and bucket_start[r + 1] - j0 == 1:
+            p = sorted_pixels[j0]
+            slots[j0] = p
+            end = j0 + np.int64(not (info[p] & _AVAIL))
+        else:
+            end = bucket_end[r]
+    while True:
+        if read < end:
+            e = np.int64(slots[read])
+            read += 1
+        elif fifo_read < fifo_write:
+            e = np.int64(fifo[fifo_read])
+            fifo_read += 1
+        else:
+            r += 1
+            if r >= n_ranks:
+                break
+            fifo_read = 0
+            fifo_write = 0
+            j0 = bucket_start[r]
+            read = j0
+            if scan and bucket_start[r + 1] - j0 == 1:
+                p = sorted_pixels[j0]
+                slots[j0] = p
+                end = j0 + np.int64(not (info[p] & _AVAIL))
+            else:
+                end = bucket_end[r]
+            continue
+        label = out[e]
+        w = info[e]
+        up = e >= width
+        down = e < last
+        left = not (w & _FIRST_COL)
+        right = not (w & _LAST_COL)
+        m = 0
+        if up:
+            nb[m] = e - width
+            m += 1
+        if left:
+            nb[m] = e - 1
+            m += 1
+        if right:
+            nb[m] = e + 1
+            m += 1
+        if down:
+            nb[m] = e + width
+            m += 1
+        if conn8:
+            if up and left:
+                nb[m] = e - width - 1
+                m += 1
+            if up and right:
+                nb[m] = e - width + 1
+                m += 1
+            if down and left:
+                nb[m] = e + width - 1
+                m += 1
+            if down and right:
+                nb[m] = e + width + 1
+                m += 1
+        for k in range(m):
+            q = nb[k]
+            word = info[q]
+            if word & _AVAIL:
+                info[q] = word ^ _AVAIL
+                out[q] = label
+                rq = np.int64(word >> _RANK_SHIFT)
+                if rq <= r:
+                    fifo[fifo_write] = q
+                    fifo_write += 1
+                elif word & _SHARED:
+                    jq = bucket_end[rq]
+                    slots[jq] = q
+                    bucket_end[rq] = jq + 1
+
+
+@numba.njit(cache=True, nogil=True)
 def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, width, connectivity, out):
     """Marker watershed on flat arrays; writes the labels into ``out``; returns a status.
 
@@ -443,9 +551,9 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
 
     inside_pixels = _inside_pixels(mask, has_mask, n, n_inside)
     if rank_mode == RANK_DIRECT:
-        marker_pixels, bucket_start = _collect_direct(nbits, out, info, inside_pixels, n_markers)
+        marker_pixels, bucket_start, sorted_pixels = _collect_direct(nbits, out, info, inside_pixels, n_markers)
     else:
-        marker_pixels, bucket_start, status = _collect_sorted(
+        marker_pixels, bucket_start, sorted_pixels, status = _collect_sorted(
             bits, rank_mode, nbits, out, info, inside_pixels, n_markers
         )
         if status != STATUS_OK:
@@ -479,16 +587,17 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
     bucket_end = bucket_start[:-1].copy()  # next free slot of each bucket
     slots = np.empty(n_inside, np.int32)
     fifo = np.empty(n_inside, np.int32)
-    fifo_read = 0
     fifo_write = 0
     current = 0
 
     if n_tied_phase == 0:
         # No ties: each rank holds at most one marker, so raster order is fine.
         for p in marker_pixels:
-            r = info[p] >> _RANK_SHIFT
-            slots[bucket_end[r]] = p
-            bucket_end[r] += 1
+            word = info[p]
+            if word & _SHARED:
+                r = word >> _RANK_SHIFT
+                slots[bucket_end[r]] = p
+                bucket_end[r] += 1
     else:
         # ---- phase 1: exact heap on key = rank << 32 | age (markers have age 0) ----
         capacity = n_inside + 1
@@ -545,47 +654,13 @@ def watershed_flat(bits, rank_mode, nbits, markers, mask, has_mask, height, widt
             if r == current:
                 fifo[fifo_write] = e
                 fifo_write += 1
-            else:
+            elif info[e] & _SHARED:
                 slots[bucket_end[r]] = e
                 bucket_end[r] += 1
 
     # ---- phase 2: bucket queue ----
-    read = bucket_start[current]
-    while True:
-        if read < bucket_end[current]:
-            e = np.int64(slots[read])
-            read += 1
-        elif fifo_read < fifo_write:
-            e = np.int64(fifo[fifo_read])
-            fifo_read += 1
-        else:
-            current += 1
-            if current >= n_ranks:
-                break
-            read = bucket_start[current]
-            fifo_read = 0
-            fifo_write = 0
-            continue
-        label = out[e]
-        eword = info[e]
-        for k in range(8):
-            if k == 4 and connectivity == 1:
-                break
-            q = _neighbour(k, e, eword, width, n)
-            if q < 0:
-                continue
-            word = info[q]
-            if not (word & _AVAIL):
-                continue
-            info[q] = word ^ _AVAIL
-            out[q] = label
-            r = np.int64(word >> _RANK_SHIFT)
-            if r <= current:
-                fifo[fifo_write] = q
-                fifo_write += 1
-            else:
-                slots[bucket_end[r]] = q
-                bucket_end[r] += 1
+    _flood(info, out, slots, fifo, fifo_write, bucket_start, bucket_end, sorted_pixels,
+           current, n_tied_phase > 0, width, n, connectivity == 2)
     return STATUS_OK
 
 

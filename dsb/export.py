@@ -1,0 +1,88 @@
+"""Ship a trained run as a named checkpoint set under ``weights/<name>/``.
+
+Each fold's ``best.pt`` is re-saved with fp16 weights (half the size) and the run's
+tuned postprocessing written into its config, so ``dsb predict --checkpoint <name>``
+reproduces the run's out-of-fold settings. Beside the checkpoints, ``manifest.json``
+records what a user needs to trust them: the resolved config, the training command, a
+SHA-256 of the training data files, and the out-of-fold score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from dsb.errors import CheckpointError
+from dsb.utils import atomic_write
+
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_run(
+    run_dir: Path, name: str, weights_dir: Path, max_total_mb: float = 40.0, oof_map: Optional[float] = None
+) -> Path:
+    """Write ``weights_dir/name/fold<k>.pt`` (fp16) and ``manifest.json``; returns the folder.
+
+    Raises :class:`CheckpointError` if the run has no ``fold*/best.pt`` or the set would
+    exceed ``max_total_mb``; nothing is left behind in that case.
+    """
+    from dsb.evaluate import TUNED_FILE, load_run_config
+    from dsb.models.checkpoint import load_model, save_checkpoint
+
+    run_dir = Path(run_dir)
+    bests = sorted(run_dir.glob("fold*/best.pt"))
+    if not bests:
+        raise CheckpointError(f"{run_dir}: no fold*/best.pt to export; train a fold first")
+    run_cfg = load_run_config(run_dir)
+    out = Path(weights_dir) / name
+    staging = Path(weights_dir) / f".{name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        folds = []
+        for best in bests:
+            model, cfg, meta = load_model(best)
+            cfg = dataclasses.replace(cfg, postprocess=run_cfg.postprocess)
+            target = staging / f"{best.parent.name}.pt"
+            save_checkpoint(target, model, cfg, half=True, source=str(best))
+            folds.append({"file": target.name, "fold": best.parent.name, "bytes": target.stat().st_size})
+        total_mb = sum(f["bytes"] for f in folds) / 2**20
+        if total_mb > max_total_mb:
+            raise CheckpointError(f"{run_dir}: the set is {total_mb:.1f} MB, over the {max_total_mb:.0f} MB limit")
+        data_files = [Path(p) for p in (run_cfg.data.path, run_cfg.data.labels) if Path(p).is_file()]
+        run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+        tuned = run_dir / TUNED_FILE
+        if oof_map is None and tuned.is_file():
+            import yaml
+
+            oof_map = (yaml.safe_load(tuned.read_text()) or {}).get("oof_map")
+        manifest = {
+            "name": name,
+            "run": str(run_dir),
+            "command": run_info.get("command"),
+            "folds": folds,
+            "total_mb": round(total_mb, 2),
+            "data_sha256": {str(p): file_sha256(p) for p in data_files},
+            "oof_map": oof_map,
+            "config": run_cfg.to_dict(),
+        }
+        with atomic_write(staging / MANIFEST) as fh:
+            json.dump(manifest, fh, indent=2)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
