@@ -18,6 +18,7 @@ function of ``(seed, epoch, index)`` the resumed run sees the same data.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -65,14 +66,17 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
+    """:func:`dsb.infer.predict.resolve_device`, plus a clear error when CUDA is asked
+    for but missing, and each DDP process on its own GPU."""
+    from dsb.infer.predict import resolve_device as resolve
+
+    device = resolve(name)
+    if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {name!r} asked for but CUDA is not available")
-        if dist.enabled and name == "cuda":
-            name = f"cuda:{dist.local_rank}"
-    return torch.device(name)
+            raise ConfigError(f"device {name!r} asked for but CUDA is not available")
+        if dist.enabled and device.index is None:
+            device = torch.device("cuda", dist.local_rank)
+    return device
 
 
 def autocast_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
@@ -179,14 +183,6 @@ def make_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
 
 
 # ----------------------------------------------------------------------------- validation
-def predict_sample_probs(model: nn.Module, image_uint8: np.ndarray, cfg: Config, device: torch.device) -> np.ndarray:
-    """Probabilities (K, H, W) for one prepared uint8 image with the validation TTA."""
-    from dsb.infer.predict import predict_probs
-
-    image = image_uint8.astype(np.float32) / 255.0
-    return predict_probs([model], image, cfg.infer, device=device, tta=cfg.train.val_tta)
-
-
 def evaluate_samples(
     model: nn.Module, samples: Sequence[Sample], cfg: Config, device: torch.device,
     keep_probs: bool = False,
@@ -196,16 +192,19 @@ def evaluate_samples(
     Returns ``(map, per_image_score, probs)``; ``probs`` (uint8-quantised, (K, H, W))
     only with ``keep_probs``.
     """
+    from dsb.infer.predict import Predictor
     from dsb.metrics import image_score
     from dsb.postprocess import labels_from_probs
 
+    was_training = model.training  # read before the Predictor puts the model in eval mode
     per_image: dict[str, float] = {}
     kept: dict[str, np.ndarray] = {}
-    was_training = model.training
-    model.eval()
     try:
+        predictor = Predictor(
+            [model], cfg.targets.channels, dataclasses.replace(cfg.infer, tta=cfg.train.val_tta), device=device
+        )
         for sample in samples:
-            probs = predict_sample_probs(model, sample.image, cfg, device)
+            probs = predictor.predict(sample.image.astype(np.float32) / 255.0)
             pred = labels_from_probs(probs, cfg.targets.channels, cfg.postprocess)
             per_image[sample.image_id] = float(image_score(sample.label_map, pred).score)
             if keep_probs:

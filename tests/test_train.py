@@ -140,3 +140,12 @@ def test_train_cli_errors(tmp_path):
     assert res.exit_code == 2 and "train.epochs" in res.output
     res = runner.invoke(app, ["train", "--resume", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "not a run folder" in res.output
+
+
+def test_validation_leaves_a_training_model_in_training_mode(samples):
+    from dsb.models import build_model
+
+    cfg = tiny_cfg()
+    model = build_model(cfg).train()
+    evaluate_samples(model, samples[:1], cfg, torch.device("cpu"))
+    assert model.training and all(m.training for m in model.modules())
