@@ -1,5 +1,6 @@
-# One command for the main job (`make demo`), one for the tests (`make test`).
-# Both create or refresh the local virtual environment .venv themselves.
+# One command for the main job (`make demo`), one for the tests (`make test`), one for a
+# real Kaggle submission with the shipped weights (`make submission`).
+# All create or refresh the local virtual environment .venv themselves.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,16 @@ STAMP  := $(VENV)/.dsb-installed
 # Compiled numba kernels are cached here so a second process does not pay the compile.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: setup demo test test-fast bench clean
+# `make submission`: the stage-1 test images (a zip or stage folder; or a data folder that
+# holds stage1_test.zip / stage1_test/) predicted with the shipped weights and d4 TTA.
+DSB_DATA ?= ../shared/dsb2018/stage1_test.zip
+WEIGHTS  ?= unetpp_r18_cpu
+TTA      ?= d4
+SUBMISSION ?= submissions/stage1_test.csv
+TEST_INPUT = $(shell if [ -e "$(DSB_DATA)/stage1_test.zip" ]; then echo "$(DSB_DATA)/stage1_test.zip"; \
+	elif [ -d "$(DSB_DATA)/stage1_test" ]; then echo "$(DSB_DATA)/stage1_test"; else echo "$(DSB_DATA)"; fi)
+
+.PHONY: setup demo submission test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +30,10 @@ setup: $(STAMP)
 
 demo: setup
 	$(DSB) demo
+
+submission: setup
+	$(DSB) predict --checkpoint $(WEIGHTS) --input "$(TEST_INPUT)" --out $(SUBMISSION) --tta $(TTA)
+	$(DSB) validate $(SUBMISSION) --images "$(TEST_INPUT)"
 
 test: setup
 	$(PY) -m pytest -q

@@ -33,4 +33,4 @@ from cli import score as _score; _score.register(app)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    app(prog_name="dsb")

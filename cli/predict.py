@@ -99,20 +99,38 @@ def register(app: typer.Typer) -> None:
         run_dir: Annotated[Path, typer.Argument(help="A training run folder.")],
         out_csv: Annotated[Optional[Path], typer.Option("--out", help="Per-image CSV (default RUN_DIR/oof_scores.csv).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+        labels: Annotated[Optional[str], typer.Option(
+            "--labels", help="Score against other labels: 'masks' or an RLE CSV (default: the run's data.labels).")] = None,
+        figures: Annotated[Optional[Path], typer.Option(
+            "--figures", help="Folder for training_curves.png and overlays.png (typical images per type).")] = None,
     ) -> None:
         """Score a run's out-of-fold predictions: overall, per image type, per threshold."""
-        from dsb.evaluate import evaluate_run, write_per_image_csv
+        from dsb.config import config_from_dict
+        from dsb.evaluate import evaluate_run, load_run_config, write_per_image_csv
         from dsb.metrics import THRESHOLDS
 
-        report = evaluate_run(run_dir)
+        cfg = load_run_config(run_dir)
+        if labels is not None:
+            if cfg.data.path == "synthetic":
+                raise ConfigError(f"--labels: {run_dir} trained on generated synthetic data, which has no other labels")
+            data = cfg.to_dict()
+            data["data"]["labels"] = labels
+            cfg = config_from_dict(data)
+        report = evaluate_run(run_dir, cfg)
         path = write_per_image_csv(report, out_csv or run_dir / "oof_scores.csv")
+        written = []
+        if figures is not None:
+            from dsb.report import write_figures
+
+            written = write_figures(run_dir, figures, report.per_image, report.truths, report.preds, cfg.data)
         if as_json:
             stdout.print_json(json.dumps({
-                "map": report.score.map, "n_images": report.score.n_images,
+                "map": report.score.map, "n_images": report.score.n_images, "labels": cfg.data.labels,
                 "per_type": {r.image_type: {"n_images": int(r.n_images), "map": float(r.map)} for r in report.per_type.itertuples()},
                 "per_fold": {str(r.fold): {"n_images": int(r.n_images), "map": float(r.map)} for r in report.per_fold.itertuples()},
                 "per_threshold": dict(zip([f"{t:.2f}" for t in THRESHOLDS], map(float, report.score.per_threshold))),
-                "error_kinds": report.error_kinds, "per_image_csv": str(path),
+                "error_kinds": report.error_kinds, "error_kinds_per_type": report.error_kinds_per_type,
+                "per_image_csv": str(path), "figures": [str(p) for p in written],
             }))
             return
         console.print(f"[bold]out-of-fold mAP {report.score.map:.4f}[/] over {report.score.n_images} images")
@@ -128,8 +146,18 @@ def register(app: typer.Typer) -> None:
         for t, v in zip(THRESHOLDS, report.score.per_threshold):
             thr.add_row(f"{t:.2f}", f"{v:.4f}")
         console.print(thr)
-        console.print("error kinds at IoU 0.5: " + ", ".join(f"{k} {v:.3g}" for k, v in report.error_kinds.items()))
+        kinds = Table(title="error kinds at IoU 0.5 (counts of nuclei)")
+        names = list(report.error_kinds)
+        kinds.add_column("image type")
+        for name in names:
+            kinds.add_column(name.replace("_", " "))
+        rows = [*report.error_kinds_per_type.items(), ("[bold]all", report.error_kinds)]
+        for image_type, values in rows:
+            kinds.add_row(image_type, *(f"{values[n]:.3f}" if isinstance(values[n], float) else str(values[n]) for n in names))
+        console.print(kinds)
         console.print(f"per-image scores: {path}")
+        for p in written:
+            console.print(f"figure: {p}", soft_wrap=True)
 
     @app.command("export")
     @dsb_command
@@ -137,12 +165,33 @@ def register(app: typer.Typer) -> None:
         run_dir: Annotated[Path, typer.Argument(help="A training run folder (fold*/best.pt).")],
         name: Annotated[str, typer.Argument(help="Name of the checkpoint set (dsb predict --checkpoint NAME).")],
         weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Where shipped sets live.")] = REPO / "weights",
+        folds: Annotated[Optional[str], typer.Option(help="Ship only these folds' models, like 2 or 0,1 (default: all).")] = None,
     ) -> None:
-        """Ship a run as a named fp16 checkpoint set with a manifest (config, command, data checksum, OOF score)."""
+        """Ship a run as a named fp16 checkpoint set with a manifest (config, command, data checksum, OOF score).
+
+        The out-of-fold mAP over all the run's folds and each shipped fold's own held-out
+        mAP (with the tuned postprocessing) are scored here and recorded in manifest.json.
+        """
+        from dsb.evaluate import evaluate_run
         from dsb.export import export_run
 
-        out = export_run(run_dir, name, weights_dir)
+        chosen = None
+        if folds is not None:
+            try:
+                chosen = [int(x) for x in folds.split(",") if x.strip()]
+            except ValueError:
+                raise ConfigError(f"--folds: expected a comma-separated list like 0,2, got {folds!r}") from None
+        oof_map = held_out = None
+        if (run_dir / "folds.csv").is_file() and any(run_dir.glob("fold*/oof/*.npy")):
+            console.print("scoring the out-of-fold predictions ...")
+            report = evaluate_run(run_dir)
+            oof_map = float(report.score.map)
+            held_out = {int(r.fold): float(r.map) for r in report.per_fold.itertuples()}
+        out = export_run(run_dir, name, weights_dir, oof_map=oof_map, folds=chosen, held_out_map=held_out)
         console.print(f"exported {run_dir} -> [bold]{out}[/]", soft_wrap=True)
+        if oof_map is not None:
+            console.print(f"out-of-fold mAP {oof_map:.4f}; held out per fold: "
+                          + ", ".join(f"{k}: {v:.4f}" for k, v in sorted(held_out.items())))
 
     @app.command("demo")
     @dsb_command

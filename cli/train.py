@@ -113,8 +113,14 @@ def register(app: typer.Typer) -> None:
             if dist.is_main:
                 console.print(f"[bold]run[/] {run_dir}  folds {chosen}  config {cfg.name}")
                 run_dir.mkdir(parents=True, exist_ok=True)
+                record = {"folds": chosen, "command": _command_line(ctx)}
+                if resume is not None and (run_dir / RUN_FILE).is_file():
+                    # The run's training command stays the one that started it; resumptions are listed.
+                    before = json.loads((run_dir / RUN_FILE).read_text())
+                    record = {**before, "folds": chosen,
+                              "resumed": [*before.get("resumed", []), _command_line(ctx)]}
                 with atomic_write(run_dir / RUN_FILE) as fh:
-                    json.dump({"folds": chosen, "command": _command_line(ctx)}, fh)
+                    json.dump(record, fh)
             samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
             results = []
             for k in chosen:

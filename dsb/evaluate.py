@@ -175,6 +175,9 @@ class EvaluationReport:
     per_fold: pd.DataFrame      # fold, n_images, map
     per_image: pd.DataFrame     # image_id, image_type, fold, score, n_true, n_pred, ...
     error_kinds: dict[str, float]
+    error_kinds_per_type: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    preds: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    truths: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
 
 def error_kinds(items: Sequence[OofItem], preds: dict[str, np.ndarray]) -> dict[str, float]:
@@ -234,7 +237,13 @@ def evaluate_run(run_dir: Path, cfg: Optional[Config] = None, items=None) -> Eva
     per_image = pd.DataFrame(rows).sort_values("score", kind="stable").reset_index(drop=True)
     per_type = per_image.groupby("image_type")["score"].agg(n_images="size", map="mean").reset_index()
     per_fold = per_image.groupby("fold")["score"].agg(n_images="size", map="mean").reset_index()
-    return EvaluationReport(score, per_type, per_fold, per_image, error_kinds(items, preds))
+    per_type_errors = {
+        t: error_kinds([i for i in items if i.image_type == t], preds) for t in sorted({i.image_type for i in items})
+    }
+    return EvaluationReport(
+        score, per_type, per_fold, per_image, error_kinds(items, preds), per_type_errors,
+        preds=preds, truths={i.image_id: i.truth for i in items},
+    )
 
 
 def write_per_image_csv(report: EvaluationReport, path: Path) -> Path:

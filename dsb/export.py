@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from dsb.errors import CheckpointError
 from dsb.utils import atomic_write
@@ -31,12 +31,18 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def export_run(
-    run_dir: Path, name: str, weights_dir: Path, max_total_mb: float = 40.0, oof_map: Optional[float] = None
+    run_dir: Path, name: str, weights_dir: Path, max_total_mb: float = 40.0, oof_map: Optional[float] = None,
+    folds: Optional[Sequence[int]] = None, held_out_map: Optional[dict[int, float]] = None,
 ) -> Path:
     """Write ``weights_dir/name/fold<k>.pt`` (fp16) and ``manifest.json``; returns the folder.
 
-    Raises :class:`CheckpointError` if the run has no ``fold*/best.pt`` or the set would
-    exceed ``max_total_mb``; nothing is left behind in that case.
+    ``folds`` ships only those folds' models (default: every trained fold). ``oof_map``
+    (default: the tuned score in ``postprocess.yaml``) is the run's out-of-fold mAP over
+    all its folds; ``held_out_map`` maps a fold to its own held-out mAP, recorded beside
+    that fold's file.
+
+    Raises :class:`CheckpointError` if the run has no ``fold*/best.pt``, a requested fold
+    is missing, or the set would exceed ``max_total_mb``; nothing is left behind then.
     """
     from dsb.evaluate import TUNED_FILE, load_run_config
     from dsb.models.checkpoint import load_model, save_checkpoint
@@ -45,20 +51,33 @@ def export_run(
     bests = sorted(run_dir.glob("fold*/best.pt"))
     if not bests:
         raise CheckpointError(f"{run_dir}: no fold*/best.pt to export; train a fold first")
+    if folds is not None:
+        trained = {int(b.parent.name[4:]): b for b in bests}
+        missing = sorted(set(folds) - set(trained))
+        if missing:
+            raise CheckpointError(
+                f"{run_dir}: fold(s) {missing} have no best.pt (trained: {sorted(trained)})"
+            )
+        bests = [trained[k] for k in sorted(set(folds))]
     run_cfg = load_run_config(run_dir)
     out = Path(weights_dir) / name
     staging = Path(weights_dir) / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        folds = []
+        shipped = []
         for best in bests:
             model, cfg, meta = load_model(best)
             cfg = dataclasses.replace(cfg, postprocess=run_cfg.postprocess)
             target = staging / f"{best.parent.name}.pt"
             save_checkpoint(target, model, cfg, half=True, source=str(best))
-            folds.append({"file": target.name, "fold": best.parent.name, "bytes": target.stat().st_size})
-        total_mb = sum(f["bytes"] for f in folds) / 2**20
+            k = int(best.parent.name[4:])
+            shipped.append({
+                "file": target.name, "fold": best.parent.name, "bytes": target.stat().st_size,
+                "epoch": meta.get("epoch"), "validation_map": meta.get("val_map"),
+                "held_out_map": None if held_out_map is None else held_out_map.get(k),
+            })
+        total_mb = sum(f["bytes"] for f in shipped) / 2**20
         if total_mb > max_total_mb:
             raise CheckpointError(f"{run_dir}: the set is {total_mb:.1f} MB, over the {max_total_mb:.0f} MB limit")
         data_files = [Path(p) for p in (run_cfg.data.path, run_cfg.data.labels) if Path(p).is_file()]
@@ -72,7 +91,7 @@ def export_run(
             "name": name,
             "run": str(run_dir),
             "command": run_info.get("command"),
-            "folds": folds,
+            "folds": shipped,
             "total_mb": round(total_mb, 2),
             "data_sha256": {str(p): file_sha256(p) for p in data_files},
             "oof_map": oof_map,

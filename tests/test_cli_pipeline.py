@@ -41,6 +41,62 @@ def test_evaluate_json_and_per_image_csv(trained_run):
     assert lines[0].startswith("image_id,image_type,fold,score") and len(lines) == 5
 
 
+def test_evaluate_figures_and_error_kinds_per_type(trained_run):
+    from PIL import Image
+
+    root, run, _ = trained_run
+    res = runner.invoke(app, ["evaluate", str(run), "--json", "--figures", str(root / "figs")])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert sorted(report["figures"]) == sorted(str(root / "figs" / n) for n in ("overlays.png", "training_curves.png"))
+    for name in ("overlays.png", "training_curves.png"):
+        with Image.open(root / "figs" / name) as im:
+            assert im.format == "PNG" and im.width > 400 and im.height > 200
+    per_type = report["error_kinds_per_type"]
+    assert set(per_type) == set(report["per_type"])
+    for key in ("n_true", "n_pred", "missed", "merged", "split", "spurious"):
+        assert sum(v[key] for v in per_type.values()) == report["error_kinds"][key]
+
+
+def test_evaluate_against_other_labels(trained_run, tmp_path):
+    _, synthetic_run, _ = trained_run
+    res = runner.invoke(app, ["evaluate", str(synthetic_run), "--labels", "masks"])
+    assert res.exit_code == 2 and "synthetic" in res.output
+
+    stage = write_synthetic_dataset(tmp_path / "train", n=8, seed=5)
+    cfg = tiny_cfg(epochs=1, val_every=1, steps_per_epoch=2)
+    save_config(cfg, tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--config", str(tmp_path / "tiny.yaml"), "--fold", "0", "--run-dir", str(run),
+                              "--data", str(stage.path), "--labels", "masks"])
+    assert res.exit_code == 0, res.output
+    by_masks = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)
+    solution = tmp_path / "train_solution.csv"
+    res = runner.invoke(app, ["evaluate", str(run), "--json", "--labels", str(solution)])
+    assert res.exit_code == 0, res.output
+    by_csv = json.loads(res.stdout)
+    assert by_csv["labels"] == str(solution) and by_masks["labels"] == "masks"
+    assert by_csv["map"] == by_masks["map"] and by_csv["n_images"] == by_masks["n_images"] > 0
+
+    res = runner.invoke(app, ["evaluate", str(run), "--labels", str(tmp_path / "nope.csv")])
+    assert res.exit_code != 0 and "nope.csv" in res.output
+
+
+def test_pick_examples_takes_quartiles_per_type():
+    import pandas as pd
+
+    from dsb.report import pick_examples
+
+    per_image = pd.DataFrame({
+        "image_id": [f"f{i}" for i in range(9)] + ["b0"],
+        "image_type": ["fluorescence"] * 9 + ["brightfield"],
+        "score": [0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6] + [0.5],
+    })
+    chosen = pick_examples(per_image, per_type=3)
+    # fluorescence sorted by score: f1 .1, f5 .2, f3 .3, f7 .4, f2 .5, f8 .6, f4 .7, f6 .8, f0 .9
+    assert chosen == {"brightfield": ["b0"], "fluorescence": ["f3", "f2", "f4"]}
+
+
 def test_tune_writes_thresholds_that_do_not_lower_the_score(trained_run):
     _, run, _ = trained_run
     before = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)["map"]
@@ -109,6 +165,10 @@ def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatc
     assert res.exit_code == 0, res.output
     manifest = json.loads((weights / "tiny-set" / "manifest.json").read_text())
     assert manifest["folds"][0]["file"] == "fold0.pt" and manifest["config"]["name"] == "tiny"
+    oof = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)
+    assert manifest["oof_map"] == pytest.approx(oof["map"], abs=1e-9)
+    assert manifest["folds"][0]["held_out_map"] == pytest.approx(oof["per_fold"]["0"]["map"], abs=1e-9)
+    assert manifest["folds"][0]["epoch"] in range(3)
     assert "dsb train" in manifest["command"]
     payload = torch.load(weights / "tiny-set" / "fold0.pt", weights_only=False)
     assert payload["half"] and all(
@@ -122,3 +182,7 @@ def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatc
         pipeline.resolve_checkpoints(["nope"], weights_dir=weights)
     res = runner.invoke(app, ["export", str(root / "missing-run"), "x", "--weights-dir", str(weights)])
     assert res.exit_code == 2 and not (weights / "x").exists()
+    res = runner.invoke(app, ["export", str(run), "y", "--folds", "1", "--weights-dir", str(weights)])
+    assert res.exit_code == 2 and "fold(s) [1]" in res.output and not (weights / "y").exists()
+    res = runner.invoke(app, ["export", str(run), "z", "--folds", "0", "--weights-dir", str(weights)])
+    assert res.exit_code == 0 and sorted(p.name for p in (weights / "z").iterdir()) == ["fold0.pt", "manifest.json"]

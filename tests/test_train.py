@@ -121,6 +121,9 @@ def test_killed_training_resumes_with_the_same_data(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     history = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
     assert history == list(range(cfg.train.epochs))
+    run_info = json.loads((killed / "run.json").read_text())
+    assert run_info["command"].startswith("dsb train --config") and "--run-dir" in run_info["command"]
+    assert run_info["resumed"] == [f"dsb train --resume {killed}"]
     a, b = _state(straight / "fold0" / "last.pt"), _state(killed / "fold0" / "last.pt")
     for key in a:
         assert torch.equal(a[key], b[key]), key
