@@ -166,6 +166,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Name of the checkpoint set (dsb predict --checkpoint NAME).")],
         weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Where shipped sets live.")] = REPO / "weights",
         folds: Annotated[Optional[str], typer.Option(help="Ship only these folds' models, like 2 or 0,1 (default: all).")] = None,
+        full: Annotated[bool, typer.Option("--full", help="Ship the model trained on every image (dsb train --full).")] = False,
     ) -> None:
         """Ship a run as a named fp16 checkpoint set with a manifest (config, command, data checksum, OOF score).
 
@@ -187,10 +188,10 @@ def register(app: typer.Typer) -> None:
             report = evaluate_run(run_dir)
             oof_map = float(report.score.map)
             held_out = {int(r.fold): float(r.map) for r in report.per_fold.itertuples()}
-        out = export_run(run_dir, name, weights_dir, oof_map=oof_map, folds=chosen, held_out_map=held_out)
+        out = export_run(run_dir, name, weights_dir, oof_map=oof_map, folds=chosen, held_out_map=held_out, full=full)
         console.print(f"exported {run_dir} -> [bold]{out}[/]", soft_wrap=True)
         if oof_map is not None:
-            console.print(f"out-of-fold mAP {oof_map:.4f}; held out per fold: "
+            console.print(f"out-of-fold mAP {oof_map:.4f}{' (the estimate for the full-data model)' if full else ''}; held out per fold: "
                           + ", ".join(f"{k}: {v:.4f}" for k, v in sorted(held_out.items())))
 
     @app.command("demo")

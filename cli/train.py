@@ -36,6 +36,9 @@ def _command_line(ctx: typer.Context) -> str:
         if value is None or param.name == "max_epochs":
             continue
         flag = param.opts[0]
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+            continue
         for item in value if isinstance(value, (list, tuple)) else [value]:
             parts += [flag, str(item)]
     return shlex.join(parts)
@@ -71,21 +74,26 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: section.key=value.")] = None,
         data: Annotated[Optional[Path], typer.Option("--data", help="Training data (folder or zip); overrides data.path.")] = None,
         labels: Annotated[Optional[str], typer.Option("--labels", help="'masks' or an RLE CSV; overrides data.labels.")] = None,
+        full: Annotated[bool, typer.Option("--full", help="Train one model on every image (no validation) into RUN_DIR/full/.")] = False,
         max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", hidden=True)] = None,
     ) -> None:
         """Train U-Net++ on one fold, a list of folds or all folds.
 
         Checkpoints (last.pt every epoch, best.pt by validation mAP), metrics.jsonl and
         out-of-fold probabilities go to RUN_DIR/fold<k>/. --resume RUN_DIR continues an
-        interrupted run with the same config, folds and data order.
+        interrupted run with the same config, folds and data order. --full trains the
+        same recipe on every image into RUN_DIR/full/ (for shipping; the folds'
+        out-of-fold score estimates it); give it the cross-validation run's folder.
         """
-        from dsb.train import load_samples, train_fold
+        from dsb.train import FULL_DIR, check_run_config, load_samples, train_fold
 
         overrides = list(set_ or [])
         if data is not None:
             overrides.append(f"data.path={json.dumps(str(data))}")
         if labels is not None:
             overrides.append(f"data.labels={json.dumps(labels)}")
+        if full and (fold is not None or folds is not None):
+            raise ConfigError("--full trains on every image; do not pass --fold/--folds with it")
         if resume is not None:
             if config is not None:
                 raise ConfigError("--resume uses the run's own config.yaml; do not pass --config")
@@ -95,14 +103,17 @@ def register(app: typer.Typer) -> None:
                 raise DsbError(f"{run_dir}: not a run folder (no config.yaml)")
             cfg = load_config(cfg_path, overrides)
             run_file = run_dir / RUN_FILE
-            chosen = json.loads(run_file.read_text())["folds"] if run_file.is_file() and fold is None and folds is None else None
-            chosen = chosen or _parse_folds(fold, folds, cfg.folds.n_folds)
+            if full:
+                chosen = [None]
+            else:
+                chosen = json.loads(run_file.read_text())["folds"] if run_file.is_file() and fold is None and folds is None else None
+                chosen = chosen or _parse_folds(fold, folds, cfg.folds.n_folds)
         else:
             if config is None:
                 raise ConfigError("give --config configs/NAME.yaml (or --resume RUN_DIR)")
             cfg = load_config(config, overrides)
             run_dir = run_dir or Path("runs") / cfg.name
-            chosen = _parse_folds(fold, folds, cfg.folds.n_folds)
+            chosen = [None] if full else _parse_folds(fold, folds, cfg.folds.n_folds)
         dist = _dist_from_env()
         if dist.enabled:
             import torch.distributed
@@ -111,27 +122,36 @@ def register(app: typer.Typer) -> None:
             torch.distributed.init_process_group(backend=backend)
         try:
             if dist.is_main:
-                console.print(f"[bold]run[/] {run_dir}  folds {chosen}  config {cfg.name}")
+                check_run_config(cfg, run_dir)
+                console.print(f"[bold]run[/] {run_dir}  {'full data' if full else f'folds {chosen}'}  config {cfg.name}")
                 run_dir.mkdir(parents=True, exist_ok=True)
-                record = {"folds": chosen, "command": _command_line(ctx)}
-                if resume is not None and (run_dir / RUN_FILE).is_file():
+                before = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
+                command = _command_line(ctx)
+                if full:
+                    # The full-data model joins a cross-validation run: its own entry, the folds' kept.
+                    entry = before.get("full", {})
+                    entry = ({**entry, "resumed": [*entry.get("resumed", []), command]}
+                             if resume is not None and entry else {"command": command})
+                    record = {**before, "full": entry}
+                elif resume is not None and before:
                     # The run's training command stays the one that started it; resumptions are listed.
-                    before = json.loads((run_dir / RUN_FILE).read_text())
-                    record = {**before, "folds": chosen,
-                              "resumed": [*before.get("resumed", []), _command_line(ctx)]}
+                    record = {**before, "folds": chosen, "resumed": [*before.get("resumed", []), command]}
+                else:
+                    record = {**{k: v for k, v in before.items() if k == "full"}, "folds": chosen, "command": command}
                 with atomic_write(run_dir / RUN_FILE) as fh:
                     json.dump(record, fh)
             samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
             results = []
             for k in chosen:
-                last = run_dir / f"fold{k}" / "last.pt"
+                last = run_dir / (FULL_DIR if k is None else f"fold{k}") / "last.pt"
                 with Progress(
-                    TextColumn("[bold]fold {task.fields[fold]} epoch {task.fields[epoch]}"),
+                    TextColumn("[bold]{task.fields[fold]} epoch {task.fields[epoch]}"),
                     BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s  best mAP {task.fields[best]}"),
                     TimeElapsedColumn(), console=console, disable=not dist.is_main, transient=False,
                 ) as progress:
-                    task = progress.add_task("train", total=1, fold=k, epoch=0, loss=0.0, ips=0.0, best="-")
+                    part = "full" if k is None else f"fold {k}"
+                    task = progress.add_task("train", total=1, fold=part, epoch=0, loss=0.0, ips=0.0, best="-")
 
                     def on_step(epoch, step, n_steps, loss, ips, _task=task):
                         progress.update(_task, completed=step, total=n_steps, epoch=epoch, loss=loss, ips=ips)
@@ -140,7 +160,7 @@ def register(app: typer.Typer) -> None:
                         val = "-" if rec.val_map is None else f"{rec.val_map:.4f}"
                         progress.update(_task, best=f"{rec.best_map:.4f}")
                         progress.console.print(
-                            f"fold {k} epoch {rec.epoch}: loss {rec.loss:.4f}  val mAP {val}  "
+                            f"{part} epoch {rec.epoch}: loss {rec.loss:.4f}  val mAP {val}  "
                             f"best {rec.best_map:.4f}  {rec.images_per_s:.1f} img/s  {rec.seconds:.0f}s"
                         )
 
@@ -151,7 +171,10 @@ def register(app: typer.Typer) -> None:
                 results.append(result)
             if dist.is_main:
                 for r in results:
-                    console.print(f"fold {r.fold}: best val mAP {r.best_map:.4f} at epoch {r.best_epoch} -> {r.fold_dir / 'best.pt'}")
+                    if r.fold is None:
+                        console.print(f"full: trained on every image, epoch {r.best_epoch} -> {r.fold_dir / 'best.pt'}")
+                    else:
+                        console.print(f"fold {r.fold}: best val mAP {r.best_map:.4f} at epoch {r.best_epoch} -> {r.fold_dir / 'best.pt'}")
         finally:
             if dist.enabled:
                 import torch.distributed

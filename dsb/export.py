@@ -32,7 +32,7 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 def export_run(
     run_dir: Path, name: str, weights_dir: Path, max_total_mb: float = 40.0, oof_map: Optional[float] = None,
-    folds: Optional[Sequence[int]] = None, held_out_map: Optional[dict[int, float]] = None,
+    folds: Optional[Sequence[int]] = None, held_out_map: Optional[dict[int, float]] = None, full: bool = False,
 ) -> Path:
     """Write ``weights_dir/name/fold<k>.pt`` (fp16) and ``manifest.json``; returns the folder.
 
@@ -40,6 +40,9 @@ def export_run(
     (default: the tuned score in ``postprocess.yaml``) is the run's out-of-fold mAP over
     all its folds; ``held_out_map`` maps a fold to its own held-out mAP, recorded beside
     that fold's file.
+
+    ``full`` ships the model trained on every image (``full/best.pt``, from ``dsb train
+    --full``) instead; the folds' out-of-fold mAP is then recorded as its estimate.
 
     Raises :class:`CheckpointError` if the run has no ``fold*/best.pt``, a requested fold
     is missing, or the set would exceed ``max_total_mb``; nothing is left behind then.
@@ -49,7 +52,13 @@ def export_run(
 
     run_dir = Path(run_dir)
     bests = sorted(run_dir.glob("fold*/best.pt"))
-    if not bests:
+    if full:
+        if folds is not None:
+            raise CheckpointError("export either the full-data model or folds, not both")
+        bests = [run_dir / "full" / "best.pt"]
+        if not bests[0].is_file():
+            raise CheckpointError(f"{run_dir}: no full/best.pt to export; run dsb train --full --run-dir {run_dir} first")
+    elif not bests:
         raise CheckpointError(f"{run_dir}: no fold*/best.pt to export; train a fold first")
     if folds is not None:
         trained = {int(b.parent.name[4:]): b for b in bests}
@@ -71,12 +80,21 @@ def export_run(
             cfg = dataclasses.replace(cfg, postprocess=run_cfg.postprocess)
             target = staging / f"{best.parent.name}.pt"
             save_checkpoint(target, model, cfg, half=True, source=str(best))
-            k = int(best.parent.name[4:])
-            shipped.append({
-                "file": target.name, "fold": best.parent.name, "bytes": target.stat().st_size,
-                "epoch": meta.get("epoch"), "validation_map": meta.get("val_map"),
-                "held_out_map": None if held_out_map is None else held_out_map.get(k),
-            })
+            entry = {"file": target.name, "fold": best.parent.name, "bytes": target.stat().st_size,
+                     "epoch": meta.get("epoch")}
+            if not full:
+                k = int(best.parent.name[4:])
+                entry["validation_map"] = meta.get("val_map")
+                entry["held_out_map"] = None if held_out_map is None else held_out_map.get(k)
+            shipped.append(entry)
+        if (run_dir / "folds.csv").is_file() and not full:
+            # Which training images each shipped model never saw: lets anyone score it honestly.
+            from dsb.data.folds import load_folds
+
+            table = load_folds(run_dir / "folds.csv")
+            for entry in shipped:
+                k = int(entry["fold"][4:])
+                entry["held_out_ids"] = sorted(table.loc[table["fold"] == k, "image_id"].tolist())
         total_mb = sum(f["bytes"] for f in shipped) / 2**20
         if total_mb > max_total_mb:
             raise CheckpointError(f"{run_dir}: the set is {total_mb:.1f} MB, over the {max_total_mb:.0f} MB limit")
@@ -90,11 +108,15 @@ def export_run(
         manifest = {
             "name": name,
             "run": str(run_dir),
-            "command": run_info.get("command"),
+            "command": run_info.get("full", {}).get("command") if full else run_info.get("command"),
+            **({"cross_validation_command": run_info.get("command"),
+                "oof_map_is": "the out-of-fold mAP of the same recipe's fold models (an estimate for this model, "
+                              "which saw every image)"} if full else {}),
             "folds": shipped,
             "total_mb": round(total_mb, 2),
             "data_sha256": {str(p): file_sha256(p) for p in data_files},
             "oof_map": oof_map,
+            "held_out_map_per_fold": None if held_out_map is None else {str(k): v for k, v in sorted(held_out_map.items())},
             "config": run_cfg.to_dict(),
         }
         with atomic_write(staging / MANIFEST) as fh:

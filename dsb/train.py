@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsb.config import Config, DataConfig, save_config
+from dsb.config import Config, DataConfig, load_config, save_config
 from dsb.data.dataset import EpochDataset, Sample, prepare_image
 from dsb.errors import CheckpointError, ConfigError, DataError
 from dsb.utils import atomic_write
@@ -257,7 +257,7 @@ class EpochRecord:
 
 @dataclass
 class FoldResult:
-    fold: int
+    fold: Optional[int]  # None: the model trained on every image
     fold_dir: Path
     best_map: float
     best_epoch: int
@@ -283,9 +283,15 @@ def _read_history(path: Path) -> list[EpochRecord]:
 
 
 def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
-    """Write the resolved config and the folds of a run (reusing existing folds)."""
+    """Write the resolved config and the folds of a run (reusing existing folds).
+
+    A run folder holds one config: training into a folder whose ``config.yaml`` says
+    something else is an error naming the keys that differ (its folds, out-of-fold maps
+    and tuned thresholds belong to that config).
+    """
     from dsb.data.folds import load_or_make_folds
 
+    check_run_config(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     return load_or_make_folds(
@@ -293,10 +299,36 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     )
 
 
+def check_run_config(cfg: Config, run_dir: Path) -> None:
+    """Raise :class:`ConfigError` if ``run_dir`` already holds a run with another config."""
+    existing = Path(run_dir) / "config.yaml"
+    if not existing.is_file():
+        return
+    before, after = _flatten(load_config(existing).to_dict()), _flatten(cfg.to_dict())
+    differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in differ[:5])
+        raise ConfigError(f"{run_dir} holds a run with another config ({shown}); use another --run-dir")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+#: Folder (inside a run) of the model trained on every image (``fold=None``).
+FULL_DIR = "full"
+
+
 def train_fold(
     cfg: Config,
     run_dir: Path,
-    fold: int,
+    fold: Optional[int],
     samples: Sequence[Sample],
     resume: bool = False,
     dist: DistInfo = DistInfo(),
@@ -307,13 +339,16 @@ def train_fold(
     """Train one fold; returns the best validation mAP and where the checkpoints are.
 
     ``samples`` are all labelled images; the fold's images (from ``run_dir/folds.csv``)
-    are held out for validation. ``max_epochs`` stops early (the schedule still spans
-    ``cfg.train.epochs``), which tests use to simulate an interruption.
+    are held out for validation. ``fold=None`` trains on every image instead, with the
+    same recipe and no validation, into ``run_dir/full/``; its ``best.pt`` is the last
+    epoch's model (the fold models' out-of-fold score is its estimate). ``max_epochs``
+    stops early (the schedule still spans ``cfg.train.epochs``), which tests use to
+    simulate an interruption.
     """
     from dsb.models import build_model
     from dsb.models.checkpoint import load_checkpoint, save_checkpoint
 
-    if not 0 <= fold < cfg.folds.n_folds:
+    if fold is not None and not 0 <= fold < cfg.folds.n_folds:
         raise ConfigError(f"fold {fold} is out of range for folds.n_folds={cfg.folds.n_folds}")
     folds = prepare_run(cfg, run_dir, samples) if dist.is_main else None
     if dist.enabled:
@@ -323,9 +358,9 @@ def train_fold(
 
         folds = load_folds(run_dir / "folds.csv")
     fold_of = dict(zip(folds["image_id"], folds["fold"]))
-    train_samples = [s for s in samples if fold_of[s.image_id] != fold]
-    val_samples = [s for s in samples if fold_of[s.image_id] == fold]
-    fold_dir = run_dir / f"fold{fold}"
+    train_samples = [s for s in samples if fold is None or fold_of[s.image_id] != fold]
+    val_samples = [s for s in samples if fold is not None and fold_of[s.image_id] == fold]
+    fold_dir = run_dir / (FULL_DIR if fold is None else f"fold{fold}")
     fold_dir.mkdir(parents=True, exist_ok=True)
 
     seed_everything(cfg.train.seed)
@@ -420,7 +455,10 @@ def train_fold(
                 torch.distributed.broadcast(buffer, src=0)
         eval_model = ema.module if ema is not None else model
         val_map = None
-        if dist.is_main and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs):
+        if fold is None and dist.is_main and epoch + 1 == cfg.train.epochs:
+            best_epoch = epoch  # no validation: the finished model is the one to use
+            save_checkpoint(best_path, eval_model, cfg, epoch=epoch, val_map=None, fold=None)
+        if fold is not None and dist.is_main and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs):
             val_map, _, probs = evaluate_samples(eval_model, val_samples, cfg, device, keep_probs=True)
             if val_map > best_map:
                 best_map, best_epoch = val_map, epoch

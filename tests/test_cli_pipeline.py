@@ -169,6 +169,7 @@ def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatc
     assert manifest["oof_map"] == pytest.approx(oof["map"], abs=1e-9)
     assert manifest["folds"][0]["held_out_map"] == pytest.approx(oof["per_fold"]["0"]["map"], abs=1e-9)
     assert manifest["folds"][0]["epoch"] in range(3)
+    assert len(manifest["folds"][0]["held_out_ids"]) == oof["n_images"]
     assert "dsb train" in manifest["command"]
     payload = torch.load(weights / "tiny-set" / "fold0.pt", weights_only=False)
     assert payload["half"] and all(
@@ -186,3 +187,50 @@ def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatc
     assert res.exit_code == 2 and "fold(s) [1]" in res.output and not (weights / "y").exists()
     res = runner.invoke(app, ["export", str(run), "z", "--folds", "0", "--weights-dir", str(weights)])
     assert res.exit_code == 0 and sorted(p.name for p in (weights / "z").iterdir()) == ["fold0.pt", "manifest.json"]
+
+
+def test_full_data_model_joins_the_run_and_ships(trained_run, tmp_path):
+    import shutil
+
+    root, trained, _ = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = json.loads((run / "run.json").read_text())
+    cfg_path = root / "tiny.yaml"
+    res = runner.invoke(app, ["train", "--config", str(cfg_path), "--full", "--fold", "0", "--run-dir", str(run)])
+    assert res.exit_code == 2 and "--full" in res.output
+    res = runner.invoke(app, ["train", "--config", str(cfg_path), "--full", "--run-dir", str(run)])
+    assert res.exit_code == 0, res.output
+    info = json.loads((run / "run.json").read_text())
+    assert info["command"] == before["command"] and info["folds"] == before["folds"] == [0]
+    assert "--full" in info["full"]["command"] and "--full" not in info["command"]
+    history = [json.loads(line) for line in (run / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [0, 1, 2] and all(r["val_map"] is None for r in history)
+    assert (run / "full" / "best.pt").is_file() and not (run / "full" / "oof").exists()
+
+    weights = tmp_path / "weights"
+    res = runner.invoke(app, ["export", str(run), "whole", "--full", "--weights-dir", str(weights)])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((weights / "whole" / "manifest.json").read_text())
+    assert [f["file"] for f in manifest["folds"]] == ["full.pt"]
+    assert manifest["command"] == info["full"]["command"] and manifest["cross_validation_command"] == info["command"]
+    oof = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)
+    assert manifest["oof_map"] == pytest.approx(oof["map"], abs=1e-9)
+    # The CV run's own artefacts are untouched: evaluating and predicting use the folds only.
+    from dsb.infer.pipeline import resolve_checkpoints
+
+    assert resolve_checkpoints([str(run)]) == [run / "fold0" / "best.pt"]
+
+
+def test_training_into_a_run_with_another_config_is_refused(trained_run, tmp_path):
+    import shutil
+
+    root, trained, _ = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "run.json").read_text()
+    other = tiny_cfg(epochs=3, val_every=1, steps_per_epoch=5)
+    save_config(other, tmp_path / "other.yaml")
+    res = runner.invoke(app, ["train", "--config", str(tmp_path / "other.yaml"), "--fold", "1", "--run-dir", str(run)])
+    assert res.exit_code == 2 and "train.steps_per_epoch: 4 -> 5" in res.output
+    assert (run / "run.json").read_text() == before and not (run / "fold1").exists()

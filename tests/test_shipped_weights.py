@@ -1,0 +1,90 @@
+"""The checkpoint set shipped in weights/: complete, within the size limit, and working
+on real images it never saw (held-out training images and the stage-1 test set)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dsb.export import MANIFEST, file_sha256
+from dsb.infer.pipeline import WEIGHTS_DIR, resolve_checkpoints
+
+SHIPPED = "unetpp_r18_cpu"
+SET_DIR = WEIGHTS_DIR / SHIPPED
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return json.loads((SET_DIR / MANIFEST).read_text())
+
+
+def test_the_set_is_complete_and_within_40_mb(manifest):
+    files = sorted(p.name for p in SET_DIR.iterdir())
+    assert files == sorted([MANIFEST, *(f["file"] for f in manifest["folds"])])
+    assert sum(p.stat().st_size for p in SET_DIR.iterdir()) <= 40 * 2**20
+    assert manifest["command"].startswith("dsb train --config configs/unetpp_cpu.yaml")
+    assert manifest["config"]["name"] == "unetpp_cpu"
+    assert 0.0 < manifest["oof_map"] < 1.0
+    assert {Path(p).name for p in manifest["data_sha256"]} == {"stage1_train.zip", "stage1_train_labels_fixed.csv"}
+    for entry in manifest["folds"]:
+        assert 0.0 < entry["held_out_map"] < 1.0 and len(entry["held_out_ids"]) > 100
+    assert resolve_checkpoints([SHIPPED]) == [SET_DIR / f["file"] for f in manifest["folds"]]
+
+
+def test_weights_are_half_precision_and_load(manifest):
+    from dsb.models.checkpoint import load_model
+
+    for entry in manifest["folds"]:
+        payload = torch.load(SET_DIR / entry["file"], map_location="cpu", weights_only=False)
+        assert payload["half"]
+        assert all(v.dtype == torch.float16 for v in payload["model"].values() if v.is_floating_point())
+        model, cfg, _ = load_model(SET_DIR / entry["file"])
+        assert cfg.postprocess.__dict__ == {**cfg.postprocess.__dict__, **manifest["config"]["postprocess"]}
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_data_checksums_match_the_real_data(manifest, real_data):
+    for path, digest in manifest["data_sha256"].items():
+        assert file_sha256(real_data / Path(path).name) == digest, path
+
+
+def test_shipped_model_segments_held_out_training_images(manifest, real_data, tmp_path):
+    """Eight held-out images per image type present; broken or untrained weights score ~0 here."""
+    from dsb.data.kaggle import open_stage
+    from dsb.infer.pipeline import predict_stage
+    from dsb.metrics import DatasetScore, image_score
+    from dsb.models.checkpoint import load_model
+
+    entry = manifest["folds"][0]
+    model, cfg, _ = load_model(SET_DIR / entry["file"])
+    stage = open_stage(real_data / "stage1_train.zip", labels=real_data / "stage1_train_labels_fixed.csv")
+    ids = entry["held_out_ids"][:8]
+    summary = predict_stage([model], cfg, stage, tmp_path / "held_out.csv", tta="none", image_ids=ids,
+                            keep_label_maps=True, workers=1)
+    assert summary.n_images == len(ids)
+    score = DatasetScore.from_images(image_score(stage.read_label_map(i), summary.label_maps[i], image_id=i) for i in ids)
+    assert score.map > 0.3, score.map
+
+
+def test_shipped_model_predicts_stage1_test_images(real_data, tmp_path):
+    from dsb.data.kaggle import open_stage
+    from dsb.infer.pipeline import predict_stage
+    from dsb.models.checkpoint import load_model
+    from dsb.submission import read_submission
+
+    models, cfg = [], None
+    for path in resolve_checkpoints([SHIPPED]):
+        model, cfg, _ = load_model(path)
+        models.append(model)
+    stage = open_stage(real_data / "stage1_test.zip", labels=None)
+    ids = sorted(stage.image_ids)[:3]
+    out = tmp_path / "sub.csv"
+    summary = predict_stage(models, cfg, stage, out, tta="flips", image_ids=ids, keep_label_maps=True, workers=1)
+    assert summary.n_images == 3
+    for i in ids:
+        assert np.unique(summary.label_maps[i]).size > 2, i  # background and at least two nuclei
+    assert read_submission(out)["ImageId"].nunique() == 3
