@@ -146,11 +146,12 @@ def register(app: typer.Typer) -> None:
         for t, v in zip(THRESHOLDS, report.score.per_threshold):
             thr.add_row(f"{t:.2f}", f"{v:.4f}")
         console.print(thr)
-        kinds = Table(title="error kinds at IoU 0.5 (counts of nuclei)")
+        kinds = Table(title="error kinds at IoU 0.5 (nuclei; small = under 100 px)")
         names = list(report.error_kinds)
-        kinds.add_column("image type")
+        short = {"n_true": "true", "n_pred": "pred", "small_true": "small", "small_missed_rate": "small missed"}
+        kinds.add_column("image type", no_wrap=True)
         for name in names:
-            kinds.add_column(name.replace("_", " "))
+            kinds.add_column(short.get(name, name.replace("_", " ")), justify="right")
         rows = [*report.error_kinds_per_type.items(), ("[bold]all", report.error_kinds)]
         for image_type, values in rows:
             kinds.add_row(image_type, *(f"{values[n]:.3f}" if isinstance(values[n], float) else str(values[n]) for n in names))

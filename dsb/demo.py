@@ -9,6 +9,7 @@ are held out). Thresholding alone is scored on the same probabilities for compar
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -86,6 +87,9 @@ def run_demo(
 
     samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
     run_dir = out_dir / "run"
+    # The demo's run folder is its own scratch: a fresh run each time (another config or
+    # data would not fit the old folds and checkpoints).
+    shutil.rmtree(run_dir, ignore_errors=True)
     fold = train_fold(cfg, run_dir, 0, samples, on_step=on_step, on_epoch=on_epoch)
     log(f"trained fold 0: best validation mAP {fold.best_map:.4f} (epoch {fold.best_epoch})")
 

@@ -62,6 +62,15 @@ def _window(shape: tuple[int, int], truth: np.ndarray, size: int) -> tuple[slice
     return slice(y0, y0 + sh), slice(x0, x0 + sw)
 
 
+def _stretch(image: np.ndarray) -> np.ndarray:
+    """Contrast stretch for display only (0.5-99.5 percentiles to 0-255): dim
+    fluorescence images would otherwise show as black."""
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    if hi <= lo:
+        return image
+    return np.clip((image.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+
+
 def plot_overlays(
     examples: dict[str, list[str]], images: dict[str, np.ndarray], truths: dict[str, np.ndarray],
     preds: dict[str, np.ndarray], scores: dict[str, float], path: Path, window_px: int = 256,
@@ -80,7 +89,7 @@ def plot_overlays(
     for row, (image_type, ids) in enumerate(examples.items()):
         for i, image_id in enumerate(ids):
             win = _window(truths[image_id].shape, truths[image_id], window_px)
-            image = images[image_id][win]
+            image = _stretch(images[image_id][win])
             for j, (what, labels) in enumerate((("truth", truths[image_id]), ("predicted", preds[image_id]))):
                 ax = axes[row, 2 * i + j]
                 ax.imshow(overlay_instances(image, labels[win]))
