@@ -299,13 +299,17 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     )
 
 
+#: Config keys that change how a run executes, not what it computes: may differ on --resume.
+_HOW_TO_RUN = {"train.num_workers", "train.device"}
+
+
 def check_run_config(cfg: Config, run_dir: Path) -> None:
     """Raise :class:`ConfigError` if ``run_dir`` already holds a run with another config."""
     existing = Path(run_dir) / "config.yaml"
     if not existing.is_file():
         return
     before, after = _flatten(load_config(existing).to_dict()), _flatten(cfg.to_dict())
-    differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k) and k not in _HOW_TO_RUN)
     if differ:
         shown = ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in differ[:5])
         raise ConfigError(f"{run_dir} holds a run with another config ({shown}); use another --run-dir")

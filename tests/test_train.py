@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dsb.config import config_from_dict, save_config
+from dsb.errors import ConfigError
 from dsb.data.dataset import EpochDataset
 from dsb.train import SegLoss, evaluate_samples, load_samples, train_fold
 
@@ -152,3 +153,15 @@ def test_validation_leaves_a_training_model_in_training_mode(samples):
     model = build_model(cfg).train()
     evaluate_samples(model, samples[:1], cfg, torch.device("cpu"))
     assert model.training and all(m.training for m in model.modules())
+
+
+def test_a_run_folder_holds_one_config(tmp_path):
+    from dsb.train import check_run_config
+
+    cfg = tiny_cfg()
+    check_run_config(cfg, tmp_path)  # no run yet
+    save_config(cfg, tmp_path / "config.yaml")
+    check_run_config(cfg, tmp_path)
+    check_run_config(tiny_cfg(num_workers=2, device="cpu"), tmp_path)  # how it runs, not what it computes
+    with pytest.raises(ConfigError, match=r"train.lr: 0.003 -> 0.02"):
+        check_run_config(tiny_cfg(lr=0.02), tmp_path)
