@@ -92,12 +92,12 @@ def score_items(
 
 #: The search space of :func:`tune`: one grid per postprocessing field.
 TUNE_GRID: dict[str, list] = {
-    "seed_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-    "mask_threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65],
+    "seed_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9],
+    "mask_threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8],
     "border_weight": [0.0, 0.5, 1.0, 1.5],
-    "touching_weight": [0.0, 0.5, 1.0, 1.5],
-    "min_seed_area_px": [0, 2, 4, 8, 16],
-    "min_area_px": [0, 4, 8, 16, 32],
+    "touching_weight": [0.0, 0.5, 1.0, 1.5, 2.0],
+    "min_seed_area_px": [0, 2, 4, 8, 16, 24, 32, 48],
+    "min_area_px": [0, 4, 8, 16, 32, 48, 64, 96],
 }
 
 

@@ -53,7 +53,7 @@ def test_data_checksums_match_the_real_data(manifest, real_data):
 
 
 def test_shipped_model_segments_held_out_training_images(manifest, real_data, tmp_path):
-    """Eight held-out images per image type present; broken or untrained weights score ~0 here."""
+    """The first eight held-out images (by id); broken or untrained weights score ~0 here."""
     from dsb.data.kaggle import open_stage
     from dsb.infer.pipeline import predict_stage
     from dsb.metrics import DatasetScore, image_score
@@ -67,7 +67,7 @@ def test_shipped_model_segments_held_out_training_images(manifest, real_data, tm
                             keep_label_maps=True, workers=1)
     assert summary.n_images == len(ids)
     score = DatasetScore.from_images(image_score(stage.read_label_map(i), summary.label_maps[i], image_id=i) for i in ids)
-    assert score.map > 0.3, score.map
+    assert score.map > 0.45, score.map  # 0.58 in the run's out-of-fold maps (tuned postprocessing)
 
 
 def test_shipped_model_predicts_stage1_test_images(real_data, tmp_path):
