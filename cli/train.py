@@ -136,8 +136,14 @@ def register(app: typer.Typer) -> None:
                 elif resume is not None and before:
                     # The run's training command stays the one that started it; resumptions are listed.
                     record = {**before, "folds": chosen, "resumed": [*before.get("resumed", []), command]}
+                elif before:
+                    # More folds of the same run (the config was checked above): the folds add up,
+                    # every command that trained some of them is kept, the latest as "command".
+                    folds_so_far = sorted(set(before.get("folds", [])) | set(chosen))
+                    history = before.get("commands", [before["command"]] if "command" in before else [])
+                    record = {**before, "folds": folds_so_far, "command": command, "commands": [*history, command]}
                 else:
-                    record = {**{k: v for k, v in before.items() if k == "full"}, "folds": chosen, "command": command}
+                    record = {"folds": chosen, "command": command}
                 with atomic_write(run_dir / RUN_FILE) as fh:
                     json.dump(record, fh)
             samples = load_samples(cfg.data, cfg.augment.invert_brightfield)

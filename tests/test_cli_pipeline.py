@@ -234,3 +234,11 @@ def test_training_into_a_run_with_another_config_is_refused(trained_run, tmp_pat
     res = runner.invoke(app, ["train", "--config", str(tmp_path / "other.yaml"), "--fold", "1", "--run-dir", str(run)])
     assert res.exit_code == 2 and "train.steps_per_epoch: 4 -> 5" in res.output
     assert (run / "run.json").read_text() == before and not (run / "fold1").exists()
+
+    # The same config may train more folds into the run: they add up, each command is kept.
+    res = runner.invoke(app, ["train", "--config", str(root / "tiny.yaml"), "--fold", "1", "--run-dir", str(run),
+                              "--max-epochs", "1"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((run / "run.json").read_text())
+    first = json.loads(before)["command"]
+    assert info["folds"] == [0, 1] and info["commands"] == [first, info["command"]] and "--fold 1" in info["command"]
