@@ -175,7 +175,7 @@ def register(app: typer.Typer) -> None:
         mAP (with the tuned postprocessing) are scored here and recorded in manifest.json.
         """
         from dsb.evaluate import evaluate_run
-        from dsb.export import export_run
+        from dsb.export import export_run, select_checkpoints
 
         chosen = None
         if folds is not None:
@@ -183,10 +183,7 @@ def register(app: typer.Typer) -> None:
                 chosen = [int(x) for x in folds.split(",") if x.strip()]
             except ValueError:
                 raise ConfigError(f"--folds: expected a comma-separated list like 0,2, got {folds!r}") from None
-        wanted = [run_dir / "full" / "best.pt"] if full else [run_dir / f"fold{k}" / "best.pt" for k in chosen or []]
-        if any(not p.is_file() for p in wanted):
-            # Fail before the (slow) scoring below; export_run words the error.
-            export_run(run_dir, name, weights_dir, folds=chosen, full=full)
+        select_checkpoints(run_dir, chosen, full)  # a missing model fails here, before the slow scoring
         oof_map = held_out = None
         if (run_dir / "folds.csv").is_file() and any(run_dir.glob("fold*/oof/*.npy")):
             console.print("scoring the out-of-fold predictions ...")

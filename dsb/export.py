@@ -30,6 +30,30 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def select_checkpoints(run_dir: Path, folds: Optional[Sequence[int]] = None, full: bool = False) -> list[Path]:
+    """The ``best.pt`` files :func:`export_run` ships (every fold, the chosen folds, or
+    ``full/best.pt``); :class:`CheckpointError` naming what is missing."""
+    run_dir = Path(run_dir)
+    bests = sorted(run_dir.glob("fold*/best.pt"))
+    if full:
+        if folds is not None:
+            raise CheckpointError("export either the full-data model or folds, not both")
+        bests = [run_dir / "full" / "best.pt"]
+        if not bests[0].is_file():
+            raise CheckpointError(f"{run_dir}: no full/best.pt to export; run dsb train --full --run-dir {run_dir} first")
+    elif not bests:
+        raise CheckpointError(f"{run_dir}: no fold*/best.pt to export; train a fold first")
+    if folds is not None:
+        trained = {int(b.parent.name[4:]): b for b in bests}
+        missing = sorted(set(folds) - set(trained))
+        if missing:
+            raise CheckpointError(
+                f"{run_dir}: fold(s) {missing} have no best.pt (trained: {sorted(trained)})"
+            )
+        bests = [trained[k] for k in sorted(set(folds))]
+    return bests
+
+
 def export_run(
     run_dir: Path, name: str, weights_dir: Path, max_total_mb: float = 40.0, oof_map: Optional[float] = None,
     folds: Optional[Sequence[int]] = None, held_out_map: Optional[dict[int, float]] = None, full: bool = False,
@@ -51,23 +75,7 @@ def export_run(
     from dsb.models.checkpoint import load_model, save_checkpoint
 
     run_dir = Path(run_dir)
-    bests = sorted(run_dir.glob("fold*/best.pt"))
-    if full:
-        if folds is not None:
-            raise CheckpointError("export either the full-data model or folds, not both")
-        bests = [run_dir / "full" / "best.pt"]
-        if not bests[0].is_file():
-            raise CheckpointError(f"{run_dir}: no full/best.pt to export; run dsb train --full --run-dir {run_dir} first")
-    elif not bests:
-        raise CheckpointError(f"{run_dir}: no fold*/best.pt to export; train a fold first")
-    if folds is not None:
-        trained = {int(b.parent.name[4:]): b for b in bests}
-        missing = sorted(set(folds) - set(trained))
-        if missing:
-            raise CheckpointError(
-                f"{run_dir}: fold(s) {missing} have no best.pt (trained: {sorted(trained)})"
-            )
-        bests = [trained[k] for k in sorted(set(folds))]
+    bests = select_checkpoints(run_dir, folds, full)
     run_cfg = load_run_config(run_dir)
     out = Path(weights_dir) / name
     staging = Path(weights_dir) / f".{name}.tmp"

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from dsb.utils import atomic_write
-from dsb.viz import overlay_instances, plot_training_curves
+from dsb.viz import overlay_instances, plot_training_curves, pyplot, save_figure
 
 if TYPE_CHECKING:
     from dsb.config import DataConfig
@@ -76,14 +75,9 @@ def plot_overlays(
     preds: dict[str, np.ndarray], scores: dict[str, float], path: Path, window_px: int = 256,
 ) -> Path:
     """One row per image type; for each chosen image, truth and prediction side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n_rows = len(examples)
     n_cols = 2 * max((len(v) for v in examples.values()), default=1)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.5 * n_rows), squeeze=False)
+    fig, axes = pyplot().subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.5 * n_rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for row, (image_type, ids) in enumerate(examples.items()):
@@ -99,12 +93,7 @@ def plot_overlays(
                 if j == 0:
                     ax.text(2, image.shape[0] - 4, image_id[:10], color="white", fontsize=6,
                             bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_figures(

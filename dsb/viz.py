@@ -50,14 +50,29 @@ def save_png(path: str | Path, array: np.ndarray) -> Path:
     return path
 
 
-def plot_training_curves(histories: dict[str, Sequence[dict]], path: str | Path) -> Path:
-    """Loss and validation mAP per epoch for several runs/folds, saved as one PNG."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 4))
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write as PNG atomically, and close a matplotlib figure."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
+def plot_training_curves(histories: dict[str, Sequence[dict]], path: str | Path) -> Path:
+    """Loss and validation mAP per epoch for several runs/folds, saved as one PNG."""
+    fig, (ax_loss, ax_map) = pyplot().subplots(1, 2, figsize=(11, 4))
     for name, records in histories.items():
         epochs = [r["epoch"] for r in records]
         ax_loss.plot(epochs, [r["loss"] for r in records], label=name)
@@ -69,9 +84,4 @@ def plot_training_curves(histories: dict[str, Sequence[dict]], path: str | Path)
     for ax in (ax_loss, ax_map):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
