@@ -54,6 +54,16 @@ def select_checkpoints(run_dir: Path, folds: Optional[Sequence[int]] = None, ful
     return bests
 
 
+def _first_stage(init_run: Path) -> dict:
+    """What a warm-restarted run (``train.init_from``) started from: the first stage's
+    command and config, so the manifest alone says how to train the shipped weights."""
+    from dsb.config import load_config
+
+    info = json.loads((init_run / "run.json").read_text()) if (init_run / "run.json").is_file() else {}
+    config = load_config(init_run / "config.yaml").to_dict() if (init_run / "config.yaml").is_file() else None
+    return {"run": str(init_run), "command": info.get("command"), "commands": info.get("commands"), "config": config}
+
+
 def export_run(
     run_dir: Path, name: str, weights_dir: Path, max_total_mb: float = 40.0, oof_map: Optional[float] = None,
     folds: Optional[Sequence[int]] = None, held_out_map: Optional[dict[int, float]] = None, full: bool = False,
@@ -127,6 +137,7 @@ def export_run(
             "oof_map": oof_map,
             "held_out_map_per_fold": None if held_out_map is None else {str(k): v for k, v in sorted(held_out_map.items())},
             "config": run_cfg.to_dict(),
+            **({"starts_from": _first_stage(Path(run_cfg.train.init_from))} if run_cfg.train.init_from else {}),
         }
         with atomic_write(staging / MANIFEST) as fh:
             json.dump(manifest, fh, indent=2)

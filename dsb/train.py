@@ -294,9 +294,46 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     check_run_config(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    if cfg.train.init_from and not (run_dir / "folds.csv").is_file():
+        # A warm restart keeps the folds of the run it starts from: fold k's model has never
+        # seen fold k's images, and must not start to now.
+        init_folds = Path(cfg.train.init_from) / "folds.csv"
+        if not init_folds.is_file():
+            raise ConfigError(f"train.init_from: {init_folds} not found (not a dsb run folder?)")
+        atomic_write(run_dir / "folds.csv", init_folds.read_bytes())
     return load_or_make_folds(
         run_dir, [s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds, cfg.folds.seed
     )
+
+
+def init_weights(model: nn.Module, init_run: Path, fold: Optional[int], folds, device: torch.device) -> Path:
+    """Load fold ``fold``'s last weights of the run ``init_run`` into ``model`` (warm restart).
+
+    The two runs must put every image in the same fold, or fold ``fold``'s model would
+    start from weights that saw its held-out images; that is an error, as is a checkpoint
+    of another architecture. Returns the checkpoint used.
+    """
+    from dsb.data.folds import load_folds
+    from dsb.models.checkpoint import load_checkpoint
+
+    init_run = Path(init_run)
+    theirs = load_folds(init_run / "folds.csv") if (init_run / "folds.csv").is_file() else None
+    if theirs is None:
+        raise ConfigError(f"train.init_from: {init_run}/folds.csv not found (not a dsb run folder?)")
+    their_fold = dict(zip(theirs["image_id"], theirs["fold"]))
+    differ = [i for i, k in zip(folds["image_id"], folds["fold"]) if their_fold.get(i) != k]
+    if fold is not None and differ:
+        raise ConfigError(
+            f"train.init_from: {init_run} has other folds ({len(differ)} image(s) differ, e.g. {differ[0]}); "
+            "a warm restart needs the same folds"
+        )
+    path = init_run / (FULL_DIR if fold is None else f"fold{fold}") / "last.pt"
+    state = load_checkpoint(path, map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: does not fit this config's model: {str(exc).splitlines()[0]}") from None
+    return path
 
 
 #: Config keys that change how a run executes, not what it computes: may differ on --resume.
@@ -371,6 +408,8 @@ def train_fold(
     device = resolve_device(cfg.train.device, dist)
     amp_dtype = autocast_dtype(cfg.train.amp, device)
     model = build_model(cfg).to(device)
+    if cfg.train.init_from and not (resume and (fold_dir / "last.pt").is_file()):
+        init_weights(model, Path(cfg.train.init_from), fold, folds, device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
 

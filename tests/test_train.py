@@ -165,3 +165,51 @@ def test_a_run_folder_holds_one_config(tmp_path):
     check_run_config(tiny_cfg(num_workers=2, device="cpu"), tmp_path)  # how it runs, not what it computes
     with pytest.raises(ConfigError, match=r"train.lr: 0.003 -> 0.02"):
         check_run_config(tiny_cfg(lr=0.02), tmp_path)
+
+
+def _params(path):
+    state = _state(path)
+    return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
+
+
+def test_warm_restart_starts_from_the_same_folds_models(tmp_path, samples):
+    """train.init_from: fold k starts from fold k's last weights of the first run, whose
+    folds it copies; other folds or another architecture are refused."""
+    from dsb.errors import CheckpointError
+
+    first = tmp_path / "first"
+    train_fold(tiny_cfg(epochs=2, steps_per_epoch=2, val_every=2), first, 1, samples)
+    # lr 0 and a constant schedule: the restarted weights must stay exactly the init's
+    frozen = tiny_cfg(epochs=1, steps_per_epoch=2, val_every=1, lr=0.0, schedule="constant",
+                      warmup_epochs=0, seed=3, init_from=str(first))
+    second = tmp_path / "second"
+    train_fold(frozen, second, 1, samples)
+    assert (second / "folds.csv").read_bytes() == (first / "folds.csv").read_bytes()
+    init, after = _params(first / "fold1" / "last.pt"), _params(second / "fold1" / "last.pt")
+    assert all(torch.equal(init[k], after[k]) for k in init)
+    scratch = tmp_path / "scratch"
+    train_fold(tiny_cfg(epochs=1, steps_per_epoch=2, val_every=1, lr=0.0, schedule="constant",
+                        warmup_epochs=0, seed=3), scratch, 1, samples)
+    fresh = _params(scratch / "fold1" / "last.pt")
+    assert not all(torch.equal(init[k], fresh[k]) for k in init)
+    from dsb.export import export_run
+
+    manifest = json.loads((export_run(second, "restarted", tmp_path / "weights", oof_map=0.5) / "manifest.json").read_text())
+    assert manifest["config"]["train"]["init_from"] == str(first)
+    assert manifest["starts_from"]["run"] == str(first)
+    assert manifest["starts_from"]["config"]["train"]["epochs"] == 2
+
+    other = tmp_path / "other"
+    other.mkdir()
+    folds = (first / "folds.csv").read_text().splitlines()
+    swapped = [folds[0]] + [line[:-1] + str((int(line[-1]) + 1) % 4) for line in folds[1:]]
+    (other / "folds.csv").write_text("\n".join(swapped) + "\n")
+    with pytest.raises(ConfigError, match="other folds"):
+        train_fold(frozen, other, 1, samples)
+    with pytest.raises(CheckpointError, match="last.pt: checkpoint file not found"):
+        train_fold(frozen, tmp_path / "fold2", 2, samples)  # fold 2 of the first run was never trained
+    wider = json.loads(json.dumps(TINY))
+    wider["model"]["decoder_channels"] = [64, 32, 16, 8, 8]
+    wider["train"].update(init_from=str(first), epochs=1, steps_per_epoch=1)
+    with pytest.raises(CheckpointError, match="does not fit this config's model"):
+        train_fold(config_from_dict(wider), tmp_path / "wider", 1, samples)
