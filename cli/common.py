@@ -16,7 +16,8 @@ from dsb.errors import DsbError
 F = TypeVar("F", bound=Callable)
 
 #: Human-facing output (tables, progress, messages). stdout stays clean for --json.
-console = Console(stderr=True)
+#: Soft wrap: a long line (a path) stays one line in a log file instead of being cut at 80 columns.
+console = Console(stderr=True, soft_wrap=True)
 #: Machine-readable output only.
 stdout = Console(soft_wrap=True, highlight=False)
 
