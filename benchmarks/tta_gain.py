@@ -1,13 +1,16 @@
-"""What test-time augmentation buys on real held-out images: mAP and seconds per image.
+"""What test-time augmentation and size-adaptive rescaling buy on real held-out images.
 
-For one fold of a training run, the fold's model predicts that fold's held-out images
-(which it never trained on) with each TTA setting, side by side in one process, with the
-run's tuned postprocessing; the baseline is ``--tta none`` (what training validation and
-the out-of-fold maps use). The mAP is the competition metric against the run's labels.
+For each fold of a training run, the fold's model predicts that fold's held-out images
+(which it never trained on) with each setting, side by side in one process, with the
+run's tuned postprocessing; the baseline is the first setting (by default ``--tta none``
+without rescaling: what training validation and the out-of-fold maps use). A setting is a
+TTA mode and an ``infer.rescale_area_px`` (0: off; see :mod:`dsb.infer.rescale`). The mAP
+is the competition metric against the run's labels, over all the chosen folds' images.
 
 Usage::
 
-    python benchmarks/tta_gain.py RUN_DIR [--fold 0] [--tta none flips d4] [--limit N]
+    python benchmarks/tta_gain.py RUN_DIR [--folds 0,1,2,3] [--tta none flips d4]
+        [--rescale-area 0 700] [--rescale-max 2.0] [--limit N]
 
 Writes benchmarks/results/tta_gain.json.
 """
@@ -15,6 +18,8 @@ Writes benchmarks/results/tta_gain.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import sys
 import tempfile
@@ -34,47 +39,70 @@ from dsb.models.checkpoint import load_model  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--folds", default="0", help="comma-separated folds, or 'all'")
     parser.add_argument("--tta", nargs="+", default=["none", "flips", "d4"])
-    parser.add_argument("--limit", type=int, default=None, help="first N held-out images (by id)")
+    parser.add_argument("--rescale-area", nargs="+", type=float, default=[0.0],
+                        help="infer.rescale_area_px values to compare (0: off)")
+    parser.add_argument("--rescale-max", type=float, default=None, help="infer.rescale_max (default: the run's)")
+    parser.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tta_gain.json")
     args = parser.parse_args()
 
     cfg = load_run_config(args.run_dir)
-    model, _, meta = load_model(args.run_dir / f"fold{args.fold}" / "best.pt")
     folds = load_folds(args.run_dir / "folds.csv")
-    held = folds[folds["fold"] == args.fold].sort_values("image_id")
-    if args.limit:
-        held = held.head(args.limit)
-    ids, types = held["image_id"].tolist(), dict(zip(held["image_id"], held["image_type"]))
+    fold_list = sorted(set(folds["fold"])) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
     stage = open_stage(cfg.data.path, labels=cfg.data.labels)
-    truth = {i: stage.read_label_map(i) for i in ids}
+    settings = list(itertools.product(args.tta, args.rescale_area))
+    names = [f"{tta}" + (f" rescale {area:g}" if area else "") for tta, area in settings]
+    scores: dict[str, list] = {n: [] for n in names}
+    seconds = {n: 0.0 for n in names}
+    upscaled = {n: 0 for n in names}
+    types: dict[str, str] = {}
+    epochs = {}
 
+    for fold in fold_list:
+        model, _, meta = load_model(args.run_dir / f"fold{fold}" / "best.pt")
+        epochs[fold] = meta.get("epoch")
+        held = folds[folds["fold"] == fold].sort_values("image_id")
+        if args.limit:
+            held = held.head(args.limit)
+        ids = held["image_id"].tolist()
+        types.update(zip(held["image_id"], held["image_type"]))
+        truth = {i: stage.read_label_map(i) for i in ids}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, (tta, area) in zip(names, settings):
+                infer = dataclasses.replace(cfg.infer, rescale_area_px=area,
+                                            rescale_max=args.rescale_max or cfg.infer.rescale_max)
+                run_cfg = dataclasses.replace(cfg, infer=infer)
+                summary = predict_stage([model], run_cfg, stage, Path(tmp) / "sub.csv", tta=tta, image_ids=ids,
+                                        keep_label_maps=True)
+                fold_scores = [image_score(truth[i], summary.label_maps[i], image_id=i) for i in ids]
+                scores[name].extend(fold_scores)
+                seconds[name] += summary.wall_seconds
+                upscaled[name] += sum(1 for s in summary.scales.values() if s != 1.0)
+                print(f"fold {fold} {name:>18}: mAP {DatasetScore.from_images(fold_scores).map:.4f}  "
+                      f"{summary.wall_seconds / len(ids):.2f} s/img", flush=True)
+
+    n_images = len(scores[names[0]])
+    type_names = sorted(set(types.values()))
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for tta in args.tta:
-            summary = predict_stage([model], cfg, stage, Path(tmp) / f"{tta}.csv", tta=tta, image_ids=ids,
-                                    keep_label_maps=True)
-            scores = [image_score(truth[i], summary.label_maps[i], image_id=i) for i in ids]
-            overall = DatasetScore.from_images(scores)
-            per_type = {}
-            for t in sorted(set(types.values())):
-                per_type[t] = DatasetScore.from_images(s for s in scores if types[s.image_id] == t).map
-            rows.append({"tta": tta, "map": overall.map, "per_type": per_type,
-                         "s_per_image": summary.wall_seconds / len(ids)})
-            print(f"{tta:>6}: mAP {overall.map:.4f}  {summary.wall_seconds / len(ids):.2f} s/img", flush=True)
-
+    for name in names:
+        overall = DatasetScore.from_images(scores[name])
+        per_type = {t: DatasetScore.from_images(s for s in scores[name] if types[s.image_id] == t).map for t in type_names}
+        rows.append({"setting": name, "map": overall.map, "per_type": per_type, "s_per_image": seconds[name] / n_images,
+                     "rescaled_images": upscaled[name]})
     base = rows[0]
-    print(f"\nfold {args.fold} of {args.run_dir} (best epoch {meta.get('epoch')}), {len(ids)} held-out images;"
-          f" baseline: --tta {base['tta']}")
-    type_names = sorted(base["per_type"])
-    print(f"{'tta':>6} {'mAP':>7} {'gain':>7} {'s/img':>6} {'x time':>7}  " + "  ".join(f"{t:>13}" for t in type_names))
+    print(f"\nfolds {fold_list} of {args.run_dir} (best epochs {epochs}), {n_images} held-out images;"
+          f" baseline: {base['setting']}")
+    print(f"{'setting':>18} {'mAP':>7} {'gain':>7} {'s/img':>6} {'x time':>7} {'rescaled':>8}  "
+          + "  ".join(f"{t:>13}" for t in type_names))
     for r in rows:
-        print(f"{r['tta']:>6} {r['map']:7.4f} {r['map'] - base['map']:+7.4f} {r['s_per_image']:6.2f} "
-              f"{r['s_per_image'] / base['s_per_image']:7.2f}  " + "  ".join(f"{r['per_type'][t]:13.4f}" for t in type_names))
+        print(f"{r['setting']:>18} {r['map']:7.4f} {r['map'] - base['map']:+7.4f} {r['s_per_image']:6.2f} "
+              f"{r['s_per_image'] / base['s_per_image']:7.2f} {r['rescaled_images']:8d}  "
+              + "  ".join(f"{r['per_type'][t]:13.4f}" for t in type_names))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"run": str(args.run_dir), "fold": args.fold, "n_images": len(ids),
-                                    "baseline": base["tta"], "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"run": str(args.run_dir), "folds": fold_list, "n_images": n_images,
+                                    "baseline": base["setting"], "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
 

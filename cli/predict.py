@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
         save_probs: Annotated[Optional[Path], typer.Option("--save-probs", help="Folder for probability maps (uint8 .npy).")] = None,
         overlays: Annotated[Optional[Path], typer.Option("--overlays", help="Folder for overlay PNGs.")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+        rescale_area: Annotated[Optional[float], typer.Option(
+            "--rescale-area", help="Predict each image again at the scale that makes its median nucleus this many "
+                                   "pixels (0: off; default: the config's infer.rescale_area_px).")] = None,
     ) -> None:
         """Predict a folder or zip of images and write a validated Kaggle submission."""
         from dsb.data.kaggle import open_stage
@@ -46,8 +49,13 @@ def register(app: typer.Typer) -> None:
             if (Path(spec) / "config.yaml").is_file():
                 tuned = load_run_config(Path(spec))
                 cfg = dataclasses.replace(cfg, postprocess=tuned.postprocess)
+        if rescale_area is not None:
+            from dsb.config import override_config
+
+            cfg = override_config(cfg, [f"infer.rescale_area_px={rescale_area}"])
         stage = open_stage(input, labels=None)
-        console.print(f"{len(paths)} model(s), {len(stage.image_ids)} images, TTA {tta or cfg.infer.tta}, device {dev}")
+        rescale = f", rescale to {cfg.infer.rescale_area_px:g} px nuclei" if cfg.infer.rescale_area_px else ""
+        console.print(f"{len(paths)} model(s), {len(stage.image_ids)} images, TTA {tta or cfg.infer.tta}{rescale}, device {dev}")
         with progress_bar() as progress:
             task = progress.add_task("predict", total=len(stage.image_ids))
             summary = predict_stage(
@@ -168,6 +176,8 @@ def register(app: typer.Typer) -> None:
         weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Where shipped sets live.")] = REPO / "weights",
         folds: Annotated[Optional[str], typer.Option(help="Ship only these folds' models, like 2 or 0,1 (default: all).")] = None,
         full: Annotated[bool, typer.Option("--full", help="Ship the model trained on every image (dsb train --full).")] = False,
+        set_: Annotated[Optional[list[str]], typer.Option(
+            "--set", help="How the set predicts: infer.key=value or postprocess.key=value (e.g. infer.rescale_area_px=700).")] = None,
     ) -> None:
         """Ship a run as a named fp16 checkpoint set with a manifest (config, command, data checksum, OOF score).
 
@@ -184,13 +194,19 @@ def register(app: typer.Typer) -> None:
             except ValueError:
                 raise ConfigError(f"--folds: expected a comma-separated list like 0,2, got {folds!r}") from None
         select_checkpoints(run_dir, chosen, full)  # a missing model fails here, before the slow scoring
+        if set_:
+            from dsb.config import override_config
+            from dsb.evaluate import load_run_config
+
+            override_config(load_run_config(run_dir), set_, sections=("infer", "postprocess"))  # bad --set fails here too
         oof_map = held_out = None
         if (run_dir / "folds.csv").is_file() and any(run_dir.glob("fold*/oof/*.npy")):
             console.print("scoring the out-of-fold predictions ...")
             report = evaluate_run(run_dir)
             oof_map = float(report.score.map)
             held_out = {int(r.fold): float(r.map) for r in report.per_fold.itertuples()}
-        out = export_run(run_dir, name, weights_dir, oof_map=oof_map, folds=chosen, held_out_map=held_out, full=full)
+        out = export_run(run_dir, name, weights_dir, oof_map=oof_map, folds=chosen, held_out_map=held_out, full=full,
+                         overrides=set_ or ())
         console.print(f"exported {run_dir} -> [bold]{out}[/]", soft_wrap=True)
         if oof_map is not None:
             console.print(f"out-of-fold mAP {oof_map:.4f}{' (the estimate for the full-data model)' if full else ''}; held out per fold: "

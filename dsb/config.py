@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
@@ -158,6 +158,12 @@ class InferConfig:
     max_full_px: int = 1024 * 1024
     tile_px: int = 512
     tile_overlap_px: int = 64
+    #: Size-adaptive rescaling (:mod:`dsb.infer.rescale`): predict each image again at the
+    #: scale that brings its median nucleus area (from a first pass) to this many pixels;
+    #: 0 turns it off. The scale is clipped to ``[rescale_min, rescale_max]``.
+    rescale_area_px: float = 0.0
+    rescale_min: float = 1.0
+    rescale_max: float = 2.0
 
 
 @dataclass
@@ -200,6 +206,11 @@ class Config:
             raise ConfigError("folds.n_folds: must be at least 2")
         if self.postprocess.connectivity not in (1, 2):
             raise ConfigError("postprocess.connectivity: must be 1 or 2")
+        if self.infer.rescale_area_px < 0 or not 0 < self.infer.rescale_min <= 1.0 <= self.infer.rescale_max:
+            raise ConfigError(
+                "infer.rescale_*: rescale_area_px must be >= 0 (0 = off) and rescale_min <= 1 <= rescale_max, "
+                f"both positive; got {self.infer.rescale_area_px}, {self.infer.rescale_min}, {self.infer.rescale_max}"
+            )
         if self.infer.tile_overlap_px * 2 >= self.infer.tile_px:
             raise ConfigError("infer.tile_overlap_px: must be less than half of infer.tile_px")
         return self
@@ -283,19 +294,32 @@ def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> Conf
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+    _apply_overrides(data, overrides or [])
     try:
         return config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _apply_overrides(data: dict, overrides: Sequence[str], sections: Optional[Sequence[str]] = None) -> dict:
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        *parents, leaf = key.strip().split(".")
+        if sections is not None and (not parents or parents[0] not in sections):
+            raise ConfigError(f"override {item!r}: only {', '.join(s + '.*' for s in sections)} may be changed here")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def override_config(cfg: Config, overrides: Sequence[str], sections: Optional[Sequence[str]] = None) -> Config:
+    """``cfg`` with ``section.key=value`` overrides applied (and validated); with
+    ``sections``, an override outside them is an error."""
+    return config_from_dict(_apply_overrides(cfg.to_dict(), overrides, sections))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -67,6 +67,7 @@ def _first_stage(init_run: Path) -> dict:
 def export_run(
     run_dir: Path, name: str, weights_dir: Path, max_total_mb: float = 40.0, oof_map: Optional[float] = None,
     folds: Optional[Sequence[int]] = None, held_out_map: Optional[dict[int, float]] = None, full: bool = False,
+    overrides: Sequence[str] = (),
 ) -> Path:
     """Write ``weights_dir/name/fold<k>.pt`` (fp16) and ``manifest.json``; returns the folder.
 
@@ -78,15 +79,19 @@ def export_run(
     ``full`` ships the model trained on every image (``full/best.pt``, from ``dsb train
     --full``) instead; the folds' out-of-fold mAP is then recorded as its estimate.
 
+    ``overrides`` (``infer.key=value`` or ``postprocess.key=value``) change how the shipped
+    set predicts, e.g. ``infer.rescale_area_px=700``; they are recorded in the manifest.
+
     Raises :class:`CheckpointError` if the run has no ``fold*/best.pt``, a requested fold
     is missing, or the set would exceed ``max_total_mb``; nothing is left behind then.
     """
+    from dsb.config import override_config
     from dsb.evaluate import TUNED_FILE, load_run_config
     from dsb.models.checkpoint import load_model, save_checkpoint
 
     run_dir = Path(run_dir)
     bests = select_checkpoints(run_dir, folds, full)
-    run_cfg = load_run_config(run_dir)
+    run_cfg = override_config(load_run_config(run_dir), overrides, sections=("infer", "postprocess"))
     out = Path(weights_dir) / name
     staging = Path(weights_dir) / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -95,7 +100,7 @@ def export_run(
         shipped = []
         for best in bests:
             model, cfg, meta = load_model(best)
-            cfg = dataclasses.replace(cfg, postprocess=run_cfg.postprocess)
+            cfg = dataclasses.replace(cfg, postprocess=run_cfg.postprocess, infer=run_cfg.infer)
             target = staging / f"{best.parent.name}.pt"
             save_checkpoint(target, model, cfg, half=True, source=str(best))
             entry = {"file": target.name, "fold": best.parent.name, "bytes": target.stat().st_size,
@@ -137,6 +142,7 @@ def export_run(
             "oof_map": oof_map,
             "held_out_map_per_fold": None if held_out_map is None else {str(k): v for k, v in sorted(held_out_map.items())},
             "config": run_cfg.to_dict(),
+            **({"export_overrides": list(overrides)} if overrides else {}),
             **({"starts_from": _first_stage(Path(run_cfg.train.init_from))} if run_cfg.train.init_from else {}),
         }
         with atomic_write(staging / MANIFEST) as fh:

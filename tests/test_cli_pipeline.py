@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -142,6 +143,32 @@ def test_predict_errors_are_clear(trained_run):
     res = runner.invoke(app, ["predict", "--checkpoint", str(run), "--input", str(root / "missing"), "--out", str(out)])
     assert res.exit_code == 2
     assert out.read_text() == "precious\n"  # nothing already written is lost
+    res = runner.invoke(app, ["predict", "--checkpoint", str(run), "--input", str(test), "--out", str(out),
+                              "--rescale-area", "-5"])
+    assert res.exit_code == 2 and "rescale_area_px" in res.output and out.read_text() == "precious\n"
+
+
+def test_predict_with_rescaling(trained_run):
+    from dsb.data.kaggle import open_stage
+    from dsb.evaluate import load_run_config
+    from dsb.infer.pipeline import predict_stage
+    from dsb.models.checkpoint import load_model
+
+    root, run, test = trained_run
+    out = root / "subs" / "rescaled.csv"
+    res = runner.invoke(app, ["predict", "--checkpoint", str(run), "--input", str(test), "--out", str(out),
+                              "--tta", "none", "--rescale-area", "5000"])
+    assert res.exit_code == 0, res.output
+    assert "rescale to 5000 px nuclei" in res.output
+    assert runner.invoke(app, ["validate", str(out), "--images", str(test)]).exit_code == 0
+    # the pipeline reports the scale of each image: a huge target upscales every image with nuclei to the cap
+    model, _, _ = load_model(run / "fold0" / "best.pt")
+    cfg = load_run_config(run)
+    cfg = dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, rescale_area_px=5000.0, rescale_max=1.5))
+    summary = predict_stage([model], cfg, open_stage(test, labels=None), root / "subs" / "r.csv", tta="none",
+                            keep_label_maps=True)
+    found = [i for i, m in summary.label_maps.items() if m.max() > 0]
+    assert found and all(summary.scales[i] == 1.5 for i in found)
 
 
 def test_demo_runs_end_to_end(tmp_path):
@@ -187,6 +214,13 @@ def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatc
     assert res.exit_code == 2 and "fold(s) [1]" in res.output and not (weights / "y").exists()
     res = runner.invoke(app, ["export", str(run), "z", "--folds", "0", "--weights-dir", str(weights)])
     assert res.exit_code == 0 and sorted(p.name for p in (weights / "z").iterdir()) == ["fold0.pt", "manifest.json"]
+    res = runner.invoke(app, ["export", str(run), "r", "--set", "infer.rescale_area_px=300", "--weights-dir", str(weights)])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((weights / "r" / "manifest.json").read_text())
+    assert manifest["config"]["infer"]["rescale_area_px"] == 300 and manifest["export_overrides"] == ["infer.rescale_area_px=300"]
+    assert torch.load(weights / "r" / "fold0.pt", weights_only=False)["config"]["infer"]["rescale_area_px"] == 300
+    res = runner.invoke(app, ["export", str(run), "t", "--set", "train.lr=1", "--weights-dir", str(weights)])
+    assert res.exit_code == 2 and "only infer.*, postprocess.*" in res.output and not (weights / "t").exists()
 
 
 def test_full_data_model_joins_the_run_and_ships(trained_run, tmp_path):

@@ -57,6 +57,8 @@ class PredictionSummary:
     wall_seconds: float
     overlays: list[Path] = field(default_factory=list)
     label_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The scale each image was predicted at (1.0 unless ``infer.rescale_area_px`` is set).
+    scales: dict[str, float] = field(default_factory=dict)
 
 
 def _postprocess(image_id, probs, channels, post_cfg, keep_image, overlays_dir, want_overlay):
@@ -99,6 +101,7 @@ def predict_stage(
     """
     from dsb.data.dataset import prepare_image
     from dsb.infer.predict import Predictor
+    from dsb.infer.rescale import predict_rescaled
     from dsb.submission import write_submission
 
     ids = list(image_ids) if image_ids is not None else list(stage.image_ids)
@@ -109,6 +112,7 @@ def predict_stage(
     rows: list[tuple[str, str]] = []
     shapes: dict[str, tuple[int, int]] = {}
     label_maps: dict[str, np.ndarray] = {}
+    scales: dict[str, float] = {}
     overlays: list[Path] = []
     model_seconds = post_seconds = 0.0
     n_nuclei = 0
@@ -133,7 +137,8 @@ def predict_stage(
             shapes[image_id] = raw.shape[:2]
             image = prepare_image(raw, cfg.augment.invert_brightfield).astype(np.float32) / 255.0
             t0 = time.perf_counter()
-            probs = predictor.predict(image)
+            probs, scale = predict_rescaled(predictor, image, cfg.targets.channels, cfg.postprocess, predictor.infer_cfg)
+            scales[image_id] = scale
             model_seconds += time.perf_counter() - t0
             if save_probs_dir is not None:
                 from dsb.train import quantise_probs
@@ -156,5 +161,5 @@ def predict_stage(
     return PredictionSummary(
         out_csv=Path(out_csv), n_images=len(ids), n_nuclei=n_nuclei, model_seconds=model_seconds,
         postprocess_seconds=post_seconds, wall_seconds=time.perf_counter() - t_start,
-        overlays=overlays, label_maps=label_maps,
+        overlays=overlays, label_maps=label_maps, scales=scales,
     )

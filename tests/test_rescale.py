@@ -1,0 +1,98 @@
+"""Size-adaptive rescaling: the scale comes from the first pass's median nucleus area,
+the second pass runs at that scale, and its probabilities come back on the image's grid."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+from dsb.config import InferConfig, PostprocessConfig, config_from_dict
+from dsb.errors import ConfigError
+from dsb.infer import rescale
+from dsb.infer.rescale import choose_scale, predict_rescaled, resize_hw
+from dsb.postprocess import labels_from_probs
+
+CHANNELS = ["body"]
+POST = PostprocessConfig(min_seed_area_px=1, min_area_px=1)
+
+
+class ThresholdPredictor:
+    """A 'model' whose body probability is the image's first channel: scale-equivariant,
+    so the rescaled pass must give back the same nuclei. Records the sizes it saw."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def predict(self, image):
+        self.shapes.append(image.shape[:2])
+        return image[None, :, :, 0].astype(np.float32)
+
+
+def _discs(radius: int, size: int = 96) -> np.ndarray:
+    image = np.zeros((size, size + 8, 3), np.float32)
+    yy, xx = np.mgrid[:size, : size + 8]
+    for cy, cx in [(20, 20), (20, 60), (60, 30), (70, 80)]:
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 1.0
+    return image
+
+
+def test_docstring_examples():
+    result = doctest.testmod(rescale)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_choose_scale_uses_the_median_area_and_clips():
+    labels = np.zeros((40, 40), np.int32)
+    labels[:2, :10] = 1          # 20 px
+    labels[5:10, :10] = 2        # 50 px
+    labels[20:30, :10] = 3       # 100 px: the median is 50
+    assert choose_scale(labels, 200.0, 0.5, 4.0) == pytest.approx(2.0)
+    assert choose_scale(labels, 12.5, 0.5, 4.0) == pytest.approx(0.5)
+    assert choose_scale(labels, 12.5, 1.0, 4.0) == 1.0      # never below rescale_min
+    assert choose_scale(labels, 5000.0, 1.0, 2.5) == 2.5    # never above rescale_max
+
+
+def test_off_is_one_plain_pass():
+    predictor = ThresholdPredictor()
+    image = _discs(3)
+    probs, scale = predict_rescaled(predictor, image, CHANNELS, POST, InferConfig())
+    assert scale == 1.0 and predictor.shapes == [image.shape[:2]]
+    np.testing.assert_array_equal(probs, image[None, :, :, 0])
+
+
+def test_small_nuclei_are_predicted_again_upscaled_on_the_same_grid():
+    predictor = ThresholdPredictor()
+    image = _discs(3)  # about 29 px nuclei
+    infer = InferConfig(rescale_area_px=29 * 4, rescale_min=1.0, rescale_max=3.0)
+    probs, scale = predict_rescaled(predictor, image, CHANNELS, POST, infer)
+    assert scale == pytest.approx(2.0, abs=0.05)
+    assert predictor.shapes[1] == (round(96 * scale), round(104 * scale))
+    assert probs.shape == (1, 96, 104) and probs.dtype == np.float32
+    first, second = labels_from_probs(image[None, :, :, 0], CHANNELS, POST), labels_from_probs(probs, CHANNELS, POST)
+    assert first.max() == second.max() == 4
+    assert np.mean((first > 0) == (second > 0)) > 0.98
+
+
+def test_large_nuclei_or_none_keep_the_first_pass():
+    for image in (_discs(12), np.zeros((32, 32, 3), np.float32)):
+        predictor = ThresholdPredictor()
+        probs, scale = predict_rescaled(predictor, image, CHANNELS, POST, InferConfig(rescale_area_px=200.0))
+        assert scale == 1.0 and len(predictor.shapes) == 1
+
+
+def test_resize_round_trip_and_layouts():
+    yy, xx = np.mgrid[:40, :56] / 40.0
+    hwc = np.stack([np.sin(3 * yy), np.cos(2 * xx), yy * xx], axis=-1).astype(np.float32)  # smooth, distinct channels
+    up = resize_hw(hwc, 80, 112, channels_last=True)
+    assert up.shape == (80, 112, 3)
+    khw = resize_hw(np.moveaxis(up, -1, 0), 40, 56, channels_last=False)
+    assert khw.shape == (3, 40, 56)
+    assert np.abs(khw - np.moveaxis(hwc, -1, 0))[:, 2:-2, 2:-2].max() < 0.02
+
+
+def test_bad_rescale_settings_are_config_errors():
+    for infer in ({"rescale_area_px": -1.0}, {"rescale_min": 1.5}, {"rescale_max": 0.9}, {"rescale_min": 0.0}):
+        with pytest.raises(ConfigError, match="infer.rescale_"):
+            config_from_dict({"infer": infer})
