@@ -300,7 +300,8 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
         init_folds = Path(cfg.train.init_from) / "folds.csv"
         if not init_folds.is_file():
             raise ConfigError(f"train.init_from: {init_folds} not found (not a dsb run folder?)")
-        atomic_write(run_dir / "folds.csv", init_folds.read_bytes())
+        with atomic_write(run_dir / "folds.csv", "wb") as fh:
+            fh.write(init_folds.read_bytes())
     return load_or_make_folds(
         run_dir, [s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds, cfg.folds.seed
     )
@@ -316,10 +317,10 @@ def init_weights(model: nn.Module, init_run: Path, fold: Optional[int], folds, d
     from dsb.data.folds import load_folds
     from dsb.models.checkpoint import load_checkpoint
 
-    init_run = Path(init_run)
-    theirs = load_folds(init_run / "folds.csv") if (init_run / "folds.csv").is_file() else None
-    if theirs is None:
-        raise ConfigError(f"train.init_from: {init_run}/folds.csv not found (not a dsb run folder?)")
+    folds_file = Path(init_run) / "folds.csv"
+    if not folds_file.is_file():
+        raise ConfigError(f"train.init_from: {folds_file} not found (not a dsb run folder?)")
+    theirs = load_folds(folds_file)
     their_fold = dict(zip(theirs["image_id"], theirs["fold"]))
     differ = [i for i, k in zip(folds["image_id"], folds["fold"]) if their_fold.get(i) != k]
     if fold is not None and differ:
@@ -327,7 +328,7 @@ def init_weights(model: nn.Module, init_run: Path, fold: Optional[int], folds, d
             f"train.init_from: {init_run} has other folds ({len(differ)} image(s) differ, e.g. {differ[0]}); "
             "a warm restart needs the same folds"
         )
-    path = init_run / (FULL_DIR if fold is None else f"fold{fold}") / "last.pt"
+    path = Path(init_run) / (FULL_DIR if fold is None else f"fold{fold}") / "last.pt"
     state = load_checkpoint(path, map_location=device)
     try:
         model.load_state_dict(state["model"])

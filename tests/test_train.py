@@ -3,6 +3,7 @@ data order is a pure function of (seed, epoch, index), and a killed run resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -179,9 +180,11 @@ def test_warm_restart_starts_from_the_same_folds_models(tmp_path, samples):
 
     first = tmp_path / "first"
     train_fold(tiny_cfg(epochs=2, steps_per_epoch=2, val_every=2), first, 1, samples)
-    # lr 0 and a constant schedule: the restarted weights must stay exactly the init's
+    # lr 0 and a constant schedule: the restarted weights must stay exactly the init's.
+    # Another folds.seed: the folds must come from the first run, not from the config.
     frozen = tiny_cfg(epochs=1, steps_per_epoch=2, val_every=1, lr=0.0, schedule="constant",
                       warmup_epochs=0, seed=3, init_from=str(first))
+    frozen = dataclasses.replace(frozen, folds=dataclasses.replace(frozen.folds, seed=7))
     second = tmp_path / "second"
     train_fold(frozen, second, 1, samples)
     assert (second / "folds.csv").read_bytes() == (first / "folds.csv").read_bytes()
