@@ -26,8 +26,12 @@ def test_the_set_is_complete_and_within_40_mb(manifest):
     files = sorted(p.name for p in SET_DIR.iterdir())
     assert files == sorted([MANIFEST, *(f["file"] for f in manifest["folds"])])
     assert sum(p.stat().st_size for p in SET_DIR.iterdir()) <= 40 * 2**20
-    assert manifest["command"].startswith("dsb train --config configs/unetpp_cpu.yaml")
-    assert manifest["config"]["name"] == "unetpp_cpu"
+    # the second stage of the CPU recipe, warm-restarted from the first
+    assert manifest["command"].startswith("dsb train --config configs/unetpp_cpu_restart.yaml")
+    assert manifest["config"]["name"] == "unetpp_cpu_restart"
+    assert manifest["starts_from"]["command"].startswith("dsb train --config configs/unetpp_cpu.yaml")
+    assert manifest["starts_from"]["config"]["name"] == "unetpp_cpu"
+    assert manifest["config"]["infer"]["rescale_area_px"] > 0  # predicts with size-adaptive rescaling
     assert 0.0 < manifest["oof_map"] < 1.0
     assert {Path(p).name for p in manifest["data_sha256"]} == {"stage1_train.zip", "stage1_train_labels_fixed.csv"}
     for entry in manifest["folds"]:
@@ -44,6 +48,7 @@ def test_weights_are_half_precision_and_load(manifest):
         assert all(v.dtype == torch.float16 for v in payload["model"].values() if v.is_floating_point())
         model, cfg, _ = load_model(SET_DIR / entry["file"])
         assert cfg.postprocess.__dict__ == {**cfg.postprocess.__dict__, **manifest["config"]["postprocess"]}
+        assert cfg.infer.__dict__ == {**cfg.infer.__dict__, **manifest["config"]["infer"]}
         assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
