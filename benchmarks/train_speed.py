@@ -10,7 +10,10 @@ Measured in one process, side by side:
   models: resnet18 with the default decoder (``dec256`` = [256, 128, 64, 32, 16]) and the
   narrow one (``dec128`` = [128, 64, 32, 16, 16]) in fp32 / bf16 autocast / channels_last
   (``CL``) / both, the recipe on 1 thread, and resnet34, efficientnet_b0 and
-  mobilenetv3_large_100 encoders in the recipe's precision.
+  mobilenetv3_large_100 encoders in the recipe's precision. The bf16 configs run only
+  on a CPU with native bf16 (AVX512-BF16/AMX; ``--bf16 always`` forces them): elsewhere
+  ``train.amp: auto`` trains in fp32, bf16 is emulated and slow, and the recipe is timed
+  as it trains there, fp32 + channels_last (``dsb resnet18 dec128 CL``).
 * **infer**: images/s of eval-mode forward passes (``torch.inference_mode``) of the
   recipe model in "accurate" mode (mean of all heads) and "fast" mode at depth 1..L.
 
@@ -24,9 +27,9 @@ printed beside, as a load-independent measure.
 Usage::
 
     python benchmarks/train_speed.py [--batch 8] [--size 256] [--rounds 2] [--threads 0]
-        [--quick] [--out benchmarks/results/train_speed.json]
+        [--quick] [--bf16 auto|always|never] [--out benchmarks/results/train_speed.json]
 
-About 2.5 minutes on an idle 2-core machine; ``--quick`` (batch 2, 128 px, 4 configs,
+About 2.5 minutes on an idle 2-core machine with native bf16; ``--quick`` (batch 2, 128 px, 4 configs,
 1 round) about 10 s. Prints tables; writes JSON.
 """
 
@@ -48,12 +51,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dsb.models.unetpp import DsbUNetPlusPlus  # noqa: E402
+from dsb.train import cpu_has_native_bf16  # noqa: E402
 
 DEFAULT_DECODER = [256, 128, 64, 32, 16]
 SMALL_DECODER = [128, 64, 32, 16, 16]
 TARGET_SPEEDUP = 1.5
 BASELINE = "smp UnetPlusPlus resnet18 (baseline)"
 RECIPE = "dsb resnet18 dec128 bf16+CL"
+#: What the recipe trains as on a CPU without native bf16 (``train.amp: auto`` is fp32 there).
+RECIPE_FP32 = "dsb resnet18 dec128 CL"
 
 
 @dataclass
@@ -72,7 +78,7 @@ class Case:
     params_m: float = float("nan")
 
 
-def train_cases(quick: bool) -> list[Case]:
+def train_cases(quick: bool, bf16: bool) -> list[Case]:
     import segmentation_models_pytorch as smp
 
     def dsb(encoder: str, decoder: list[int]) -> Callable[[], torch.nn.Module]:
@@ -96,7 +102,9 @@ def train_cases(quick: bool) -> list[Case]:
         Case("dsb mobilenetv3_large_100 dec128 bf16+CL", dsb("mobilenetv3_large_100", SMALL_DECODER), bf16=True, channels_last=True),
     ]
     if quick:
-        cases = [c for c in cases if c.name in (BASELINE, "dsb resnet18 dec256", "dsb resnet18 dec128", RECIPE)]
+        cases = [c for c in cases if c.name in (BASELINE, "dsb resnet18 dec256", "dsb resnet18 dec128", RECIPE, RECIPE_FP32)]
+    if not bf16:
+        cases = [c for c in cases if not c.bf16]
     return cases
 
 
@@ -187,7 +195,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--quick", action="store_true", help="batch 2, 128 px, 4 configs")
+    parser.add_argument("--quick", action="store_true", help="batch 2, 128 px, 4 or 5 configs")
+    parser.add_argument("--bf16", choices=["auto", "always", "never"], default="auto",
+                        help="time the bf16-autocast configs: auto = only on a CPU with native bf16 "
+                             "(AVX512-BF16/AMX), where train.amp: auto uses it; elsewhere it is emulated and slow")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_speed.json"))
     args = parser.parse_args()
     if args.quick:
@@ -196,10 +207,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     load_start = _loadavg()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} x 3 x {args.size}^2")
+    native_bf16 = cpu_has_native_bf16()
+    use_bf16 = args.bf16 == "always" or (args.bf16 == "auto" and native_bf16)
+    recipe_name = RECIPE if native_bf16 else RECIPE_FP32  # what train.amp: auto trains as here
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} x 3 x {args.size}^2, "
+          f"native bf16: {'yes' if native_bf16 else 'no'} (the recipe trains as {recipe_name!r})")
 
     print("\n== training step (forward + backward + SGD), round-robin ==")
-    cases = train_cases(args.quick)
+    cases = train_cases(args.quick, use_bf16)
     run_train(cases, args.batch, args.size, args.rounds)
     base = args.batch / min(cases[0].times)
     rows = []
@@ -219,15 +234,15 @@ def main() -> None:
             )
         )
         print(f"{case.name:46s} {best:7.2f} {best / base:6.2f} {case.gmac:6.2f} {case.params_m:6.2f}M {100 * util:4.0f}%")
-    recipe = next((r for r in rows if r["name"] == RECIPE), None)
+    recipe = next((r for r in rows if r["name"] == recipe_name), None)
     if recipe:
         verdict = "meets" if recipe["speedup_vs_smp"] >= TARGET_SPEEDUP else "MISSES"
-        print(f"\nrecipe ({RECIPE}): {recipe['speedup_vs_smp']:.2f}x the smp baseline, {verdict} the {TARGET_SPEEDUP}x target")
+        print(f"\nrecipe ({recipe_name}): {recipe['speedup_vs_smp']:.2f}x the smp baseline, {verdict} the {TARGET_SPEEDUP}x target")
     for case in cases:  # free memory before the inference section
         case.model = case.opt = None
 
-    print("\n== inference (eval, resnet18 dec128, bf16 + channels_last): accurate vs fast ==")
-    infer = run_infer("resnet18", SMALL_DECODER, args.batch, args.size, args.rounds, channels_last=True, bf16=True)
+    print(f"\n== inference (eval, resnet18 dec128, {'bf16 + ' if use_bf16 else ''}channels_last): accurate vs fast ==")
+    infer = run_infer("resnet18", SMALL_DECODER, args.batch, args.size, args.rounds, channels_last=True, bf16=use_bf16)
     acc = args.batch / min(infer["accurate"])
     infer_rows = []
     print(f"{'mode':12s} {'img/s':>7s} {'x accurate':>10s}")
@@ -245,7 +260,8 @@ def main() -> None:
         size=args.size,
         rounds=args.rounds,
         target_speedup_vs_smp=TARGET_SPEEDUP,
-        recipe=RECIPE,
+        recipe=recipe_name,
+        native_bf16=native_bf16,
         loadavg_start=load_start,
         loadavg_end=_loadavg(),
         train=rows,

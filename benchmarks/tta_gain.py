@@ -7,10 +7,14 @@ without rescaling: what training validation and the out-of-fold maps use). A set
 TTA mode and an ``infer.rescale_area_px`` (0: off; see :mod:`dsb.infer.rescale`). The mAP
 is the competition metric against the run's labels, over all the chosen folds' images.
 
+SOURCE is a run folder or a shipped checkpoint set (``benchmarks/heldout.py``): with a
+shipped set, each fold model predicts the held-out ids its manifest lists, so the set's
+figures can be re-measured without the run folder it came from.
+
 Usage::
 
-    python benchmarks/tta_gain.py RUN_DIR [--folds 0,1,2,3] [--tta none flips d4]
-        [--rescale-area 0 700] [--rescale-max 2.0] [--limit N]
+    python benchmarks/tta_gain.py SOURCE [--folds 0,1,2,3] [--tta none flips d4]
+        [--rescale-area 0 700] [--rescale-max 2.0] [--limit N] [--data DIR]
 
 Writes benchmarks/results/tta_gain.json.
 """
@@ -28,30 +32,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dsb.data.folds import load_folds  # noqa: E402
-from dsb.data.kaggle import open_stage  # noqa: E402
-from dsb.evaluate import load_run_config  # noqa: E402
 from dsb.infer.pipeline import predict_stage  # noqa: E402
 from dsb.metrics import DatasetScore, image_score  # noqa: E402
 from dsb.models.checkpoint import load_model  # noqa: E402
+from heldout import held_out_folds  # noqa: E402  (benchmarks/heldout.py)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("source", help="a run folder, or a shipped set (name under weights/ or folder)")
     parser.add_argument("--folds", default="0", help="comma-separated folds, or 'all'")
     parser.add_argument("--tta", nargs="+", default=["none", "flips", "d4"])
     parser.add_argument("--rescale-area", nargs="+", type=float, default=[0.0],
                         help="infer.rescale_area_px values to compare (0: off)")
     parser.add_argument("--rescale-max", type=float, default=None, help="infer.rescale_max (default: the run's)")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="shipped set only: folder holding the training zip and labels CSV it was trained on")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tta_gain.json")
     args = parser.parse_args()
 
-    cfg = load_run_config(args.run_dir)
-    folds = load_folds(args.run_dir / "folds.csv")
-    fold_list = sorted(set(folds["fold"])) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
-    stage = open_stage(cfg.data.path, labels=cfg.data.labels)
+    cfg, stage, entries = held_out_folds(args.source, args.folds, args.data)
     settings = list(itertools.product(args.tta, args.rescale_area))
     names = [f"{tta}" + (f" rescale {area:g}" if area else "") for tta, area in settings]
     scores: dict[str, list] = {n: [] for n in names}
@@ -60,15 +61,14 @@ def main() -> None:
     types: dict[str, str] = {}
     epochs = {}
 
-    for fold in fold_list:
-        model, _, meta = load_model(args.run_dir / f"fold{fold}" / "best.pt")
-        epochs[fold] = meta.get("epoch")
-        held = folds[folds["fold"] == fold].sort_values("image_id")
-        if args.limit:
-            held = held.head(args.limit)
-        ids = held["image_id"].tolist()
-        types.update(zip(held["image_id"], held["image_type"]))
+    fold_list = [entry.fold for entry in entries]
+    for entry in entries:
+        fold = entry.fold
+        model, _, meta = load_model(entry.checkpoint)
+        epochs[fold] = meta.get("epoch") if entry.epoch is None else entry.epoch
+        ids = entry.image_ids[: args.limit] if args.limit else entry.image_ids
         truth = {i: stage.read_label_map(i) for i in ids}
+        types.update(entry.types(stage, ids))
         with tempfile.TemporaryDirectory() as tmp:
             for name, (tta, area) in zip(names, settings):
                 infer = dataclasses.replace(cfg.infer, rescale_area_px=area,
@@ -92,7 +92,7 @@ def main() -> None:
         rows.append({"setting": name, "map": overall.map, "per_type": per_type, "s_per_image": seconds[name] / n_images,
                      "rescaled_images": upscaled[name]})
     base = rows[0]
-    print(f"\nfolds {fold_list} of {args.run_dir} (best epochs {epochs}), {n_images} held-out images;"
+    print(f"\nfolds {fold_list} of {args.source} (best epochs {epochs}), {n_images} held-out images;"
           f" baseline: {base['setting']}")
     print(f"{'setting':>18} {'mAP':>7} {'gain':>7} {'s/img':>6} {'x time':>7} {'rescaled':>8}  "
           + "  ".join(f"{t:>13}" for t in type_names))
@@ -101,7 +101,7 @@ def main() -> None:
               f"{r['s_per_image'] / base['s_per_image']:7.2f} {r['rescaled_images']:8d}  "
               + "  ".join(f"{r['per_type'][t]:13.4f}" for t in type_names))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"run": str(args.run_dir), "folds": fold_list, "n_images": n_images,
+    args.out.write_text(json.dumps({"run": str(args.source), "folds": fold_list, "n_images": n_images,
                                     "baseline": base["setting"], "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
