@@ -3,8 +3,9 @@ tried instead of it give, on real held-out images.
 
 Every held-out image of the chosen folds (``benchmarks/heldout.py``: a run folder or a
 shipped set) is predicted once at each scale of a grid (no TTA; probabilities resized back
-to the image's grid, as :mod:`dsb.infer.rescale` does) and postprocessed with the
-source's settings. From those label maps, without predicting again, it scores:
+to the image's grid, as :mod:`dsb.infer.rescale` does; kept as uint8 like the out-of-fold
+maps, so ``fixed 1`` can differ from ``tta_gain.py``'s scale-1 figure in the fourth decimal)
+and postprocessed with the source's settings. From those label maps, without predicting again, it scores:
 
 * ``fixed S``: every image at scale S (``fixed 1`` is the baseline, no rescaling);
 * ``oracle``: each image at its best scale of the grid (needs the truth: an upper bound
