@@ -48,21 +48,12 @@ sys.path.insert(0, str(REPO))
 
 from dsb.data.dataset import prepare_image  # noqa: E402
 from dsb.infer.predict import Predictor  # noqa: E402
-from dsb.infer.rescale import choose_scale, resize_hw  # noqa: E402
+from dsb.infer.rescale import choose_scale, predict_at_scale  # noqa: E402
 from dsb.metrics import DatasetScore, image_score  # noqa: E402
 from dsb.models.checkpoint import load_model  # noqa: E402
 from dsb.postprocess import labels_from_probs  # noqa: E402
 from dsb.train import dequantise_probs, quantise_probs  # noqa: E402
 from heldout import held_out_folds  # noqa: E402  (benchmarks/heldout.py)
-
-
-def scale_probs(predictor: Predictor, image: np.ndarray, scale: float) -> np.ndarray:
-    """``K x H x W`` probabilities of ``image`` predicted at ``scale``, on its own grid."""
-    if scale == 1.0:
-        return predictor.predict(image)
-    height, width = image.shape[:2]
-    resized = resize_hw(image, max(1, round(height * scale)), max(1, round(width * scale)), channels_last=True)
-    return resize_hw(predictor.predict(resized), height, width, channels_last=False)
 
 
 def nearest(scale: float, grid: list[float]) -> float:
@@ -115,7 +106,7 @@ def main() -> None:
                     stored = np.load(path)
                 else:
                     t0 = time.perf_counter()
-                    stored = quantise_probs(scale_probs(predictor, image, scale))
+                    stored = quantise_probs(predict_at_scale(predictor, image, scale))
                     seconds += time.perf_counter() - t0
                     np.save(path, stored)
                 probs = dequantise_probs(stored)

@@ -64,6 +64,16 @@ def resize_hw(array: np.ndarray, height: int, width: int, channels_last: bool) -
     return np.ascontiguousarray(out.numpy())
 
 
+def predict_at_scale(predictor, image: np.ndarray, scale: float) -> np.ndarray:
+    """``K x H x W`` probabilities of ``image`` (``H x W x C`` float) predicted at ``scale``
+    and resized back to its grid; ``predictor`` is a :class:`dsb.infer.Predictor`."""
+    if scale == 1.0:
+        return predictor.predict(image)
+    height, width = image.shape[:2]
+    resized = resize_hw(image, max(1, round(height * scale)), max(1, round(width * scale)), channels_last=True)
+    return resize_hw(predictor.predict(resized), height, width, channels_last=False)
+
+
 def predict_rescaled(
     predictor, image: np.ndarray, channels: Sequence[str], post: PostprocessConfig, infer: InferConfig
 ) -> tuple[np.ndarray, float]:
@@ -81,7 +91,4 @@ def predict_rescaled(
                          infer.rescale_min, infer.rescale_max)
     if abs(scale - 1.0) < RESCALE_TOLERANCE:
         return probs, 1.0
-    height, width = image.shape[:2]
-    resized = resize_hw(image, max(1, round(height * scale)), max(1, round(width * scale)), channels_last=True)
-    again = predictor.predict(resized)
-    return resize_hw(again, height, width, channels_last=False), scale
+    return predict_at_scale(predictor, image, scale), scale
