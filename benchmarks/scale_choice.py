@@ -26,7 +26,8 @@ Usage::
         [--scales 0.5 0.75 1 1.5 2] [--targets 400 600 800] [--min-scale 1] [--max-scale 2]
         [--limit N] [--cache DIR]
 
-``--cache DIR`` keeps the per-scale probabilities (uint8 ``.npy``) for a rerun. Prints a
+``--cache DIR`` keeps the per-scale probabilities (uint8 ``.npy``) for a rerun; files are
+named by fold, image and scale only, so give each model (source) a folder of its own. Prints a
 table; writes benchmarks/results/scale_choice.json.
 """
 
@@ -72,7 +73,7 @@ def main() -> None:
     parser.add_argument("--min-scale", type=float, default=1.0, help="the rule's lower clip (infer.rescale_min)")
     parser.add_argument("--max-scale", type=float, default=2.0, help="the rule's upper clip (infer.rescale_max)")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
-    parser.add_argument("--cache", type=Path, default=None, help="keep the per-scale probabilities here")
+    parser.add_argument("--cache", type=Path, default=None, help="keep the per-scale probabilities here (one folder per source: files are keyed by fold, image, scale)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale_choice.json")
     args = parser.parse_args()
     grid = sorted(set(args.scales) | {1.0})
