@@ -41,6 +41,12 @@ class DataConfig:
 class FoldsConfig:
     n_folds: int = 4
     seed: int = 0
+    #: ``"grouped"``: each experiment group (:mod:`dsb.data.groups`) stays in one fold, so the
+    #: out-of-fold score is measured on unseen experiments; ``"stratified"``: images dealt
+    #: over the folds by type only (the older, optimistic split).
+    method: Literal["grouped", "stratified"] = "grouped"
+    #: Clustering distance of the experiment grouping (standardised image features).
+    group_threshold: float = 3.0
 
 
 @dataclass
@@ -96,6 +102,16 @@ class AugmentConfig:
     invert_brightfield: bool = True
     #: Random colour inversion probability, for robustness to both polarities.
     p_invert: float = 0.0
+    #: Photometric augmentation for unseen experiments and stains.
+    p_channel_shuffle: float = 0.0
+    p_gray: float = 0.0
+    p_blur: float = 0.0
+    p_color_jitter: float = 0.0
+    #: Nucleus-size normalisation: each training image is first resized so that the median
+    #: area of its nuclei becomes this many pixels (scale clipped to
+    #: ``[infer.rescale_min, infer.rescale_max]``), then augmented. 0 turns it off. Prediction
+    #: must then rescale the same way: ``infer.rescale_area_px`` with the same value.
+    normalize_area_px: float = 0.0
 
 
 @dataclass
@@ -130,6 +146,10 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
+    #: ``"uniform"``: every training image equally often; ``"balanced"``: images drawn with
+    #: weights 1/sqrt(size of their experiment group), then scaled so each image type's
+    #: share is proportional to sqrt(its image count) (fewer near-duplicates, more rare types).
+    sampling: Literal["uniform", "balanced"] = "uniform"
     #: Validate (predict, postprocess, score mAP) every this many epochs.
     val_every: int = 1
     val_tta: Literal["none", "flips", "d4"] = "none"
@@ -211,6 +231,15 @@ class Config:
                 "infer.rescale_*: rescale_area_px must be >= 0 (0 = off) and rescale_min <= 1 <= rescale_max, "
                 f"both positive; got {self.infer.rescale_area_px}, {self.infer.rescale_min}, {self.infer.rescale_max}"
             )
+        if self.augment.normalize_area_px < 0:
+            raise ConfigError(f"augment.normalize_area_px: must be >= 0 (0 = off), got {self.augment.normalize_area_px}")
+        if self.augment.normalize_area_px > 0 and self.infer.rescale_area_px <= 0:
+            raise ConfigError(
+                "augment.normalize_area_px: a model trained on size-normalised images needs "
+                "infer.rescale_area_px > 0 (the same target) to see test images the same way"
+            )
+        if self.folds.group_threshold <= 0:
+            raise ConfigError(f"folds.group_threshold: must be > 0, got {self.folds.group_threshold}")
         if self.infer.tile_overlap_px * 2 >= self.infer.tile_px:
             raise ConfigError("infer.tile_overlap_px: must be less than half of infer.tile_px")
         return self

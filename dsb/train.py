@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsb.config import Config, DataConfig, load_config, save_config
-from dsb.data.dataset import EpochDataset, Sample, prepare_image
+from dsb.data.dataset import EpochDataset, Sample, balanced_weights, normalise_sample_size, prepare_image
+from dsb.infer.rescale import choose_scale
 from dsb.errors import CheckpointError, ConfigError, DataError
 from dsb.utils import atomic_write
 
@@ -193,6 +194,7 @@ def evaluate_samples(
     only with ``keep_probs``.
     """
     from dsb.infer.predict import Predictor
+    from dsb.infer.rescale import predict_rescaled
     from dsb.metrics import image_score
     from dsb.postprocess import labels_from_probs
 
@@ -204,7 +206,8 @@ def evaluate_samples(
             [model], cfg.targets.channels, dataclasses.replace(cfg.infer, tta=cfg.train.val_tta), device=device
         )
         for sample in samples:
-            probs = predictor.predict(sample.image.astype(np.float32) / 255.0)
+            probs, _ = predict_rescaled(predictor, sample.image.astype(np.float32) / 255.0,
+                                        cfg.targets.channels, cfg.postprocess, predictor.infer_cfg)
             pred = labels_from_probs(probs, cfg.targets.channels, cfg.postprocess)
             per_image[sample.image_id] = float(image_score(sample.label_map, pred).score)
             if keep_probs:
@@ -292,6 +295,12 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     from dsb.data.folds import load_or_make_folds
 
     check_run_config(cfg, run_dir)
+    if cfg.folds.method == "grouped" and not (run_dir / "folds.csv").is_file() and not cfg.train.init_from:
+        # Fail before anything is written: too few groups for the folds leaves no usable folder.
+        from dsb.data.folds import make_folds
+
+        make_folds([s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds,
+                   cfg.folds.seed, groups=sample_groups(samples, cfg.folds.group_threshold))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     if cfg.train.init_from and not (run_dir / "folds.csv").is_file():
@@ -302,9 +311,28 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
             raise ConfigError(f"train.init_from: {init_folds} not found (not a dsb run folder?)")
         with atomic_write(run_dir / "folds.csv", "wb") as fh:
             fh.write(init_folds.read_bytes())
+    groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
     return load_or_make_folds(
-        run_dir, [s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds, cfg.folds.seed
+        run_dir, [s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds, cfg.folds.seed,
+        groups=groups,
     )
+
+
+_GROUP_CACHE: dict = {}
+
+
+def sample_groups(samples: Sequence[Sample], threshold: float) -> list[str]:
+    """The experiment group of each sample (:func:`dsb.data.groups.assign_groups`), cached
+    per process for the same images and threshold."""
+    from dsb.data.groups import assign_groups
+
+    key = (tuple(s.image_id for s in samples), float(threshold))
+    if key not in _GROUP_CACHE:
+        groups = assign_groups([s.image_id for s in samples], [s.image for s in samples],
+                               [s.image_type for s in samples], threshold)
+        _GROUP_CACHE.clear()
+        _GROUP_CACHE[key] = [groups[s.image_id] for s in samples]
+    return _GROUP_CACHE[key]
 
 
 def init_weights(model: nn.Module, init_run: Path, fold: Optional[int], folds, device: torch.device) -> Path:
@@ -416,8 +444,20 @@ def train_fold(
 
     batch = cfg.train.batch_size
     steps = cfg.train.steps_per_epoch or max(1, math.ceil(len(train_samples) / batch))
+    weights = None
+    if cfg.train.sampling == "balanced":
+        group_of = dict(zip(folds["image_id"], folds["group"])) if "group" in folds.columns else {}
+        groups = [group_of.get(s.image_id) or s.image_type for s in train_samples]
+        weights = balanced_weights(groups, [s.image_type for s in train_samples])
+    if cfg.augment.normalize_area_px > 0:
+        train_samples = [
+            normalise_sample_size(s, choose_scale(s.label_map, cfg.augment.normalize_area_px,
+                                                  cfg.infer.rescale_min, cfg.infer.rescale_max))
+            for s in train_samples
+        ]
     # Each process draws its share of the epoch's crops (DistributedSampler below).
-    dataset = EpochDataset(train_samples, cfg.augment, cfg.targets, length=steps * batch * dist.world_size, seed=cfg.train.seed)
+    dataset = EpochDataset(train_samples, cfg.augment, cfg.targets, length=steps * batch * dist.world_size,
+                           seed=cfg.train.seed, weights=weights)
     sampler = None
     if dist.enabled:
         sampler = torch.utils.data.distributed.DistributedSampler(

@@ -12,7 +12,7 @@ the very same data order and augmentations as an uninterrupted one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import albumentations as A
 import cv2
@@ -84,9 +84,48 @@ def build_augmentation(cfg: AugmentConfig, train: bool = True) -> A.Compose:
         (cfg.p_hue_saturation, lambda p: A.HueSaturationValue(p=p)),
         (cfg.p_noise, lambda p: A.GaussNoise(std_range=(0.01, 0.05), p=p)),
         (cfg.p_invert, lambda p: A.InvertImg(p=p)),
+        (cfg.p_channel_shuffle, lambda p: A.ChannelShuffle(p=p)),
+        (cfg.p_gray, lambda p: A.ToGray(p=p)),
+        (cfg.p_blur, lambda p: A.GaussianBlur(blur_limit=(3, 5), p=p)),
+        (cfg.p_color_jitter, lambda p: A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.5, hue=0.1, p=p)),
     ]
     steps += [make(p) for p, make in optional if p > 0]
     return A.Compose(steps)
+
+
+def balanced_weights(groups: Sequence[str], image_types: Sequence[str]) -> np.ndarray:
+    """Sampling weights that balance experiment groups and image types.
+
+    Each image weighs ``1 / sqrt(n_group)`` (a group of 100 near-identical fields counts ten
+    times one image, not a hundred); the weights of each image type are then scaled so the
+    type's share is proportional to ``sqrt(n_type)``. Returns weights summing to 1.
+
+    >>> w = balanced_weights(["a", "a", "a", "a", "b"], ["x"] * 4 + ["y"])
+    >>> [round(float(v), 3) for v in w]
+    [0.167, 0.167, 0.167, 0.167, 0.333]
+    """
+    groups, image_types = list(groups), list(image_types)
+    group_n = {g: groups.count(g) for g in set(groups)}
+    weights = np.array([1.0 / np.sqrt(group_n[g]) for g in groups])
+    for kind in set(image_types):
+        members = np.array([t == kind for t in image_types])
+        weights[members] *= np.sqrt(members.sum()) / weights[members].sum()
+    return weights / weights.sum()
+
+
+def normalise_sample_size(sample: Sample, scale: float) -> Sample:
+    """``sample`` resized by ``scale`` (image bilinear, or area-averaged when shrinking;
+    label map nearest-neighbour, so instances keep their ids)."""
+    if scale == 1.0:
+        return sample
+    h, w = sample.label_map.shape
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    image = cv2.resize(sample.image, (nw, nh), interpolation=interp)
+    rows = np.minimum(((2 * np.arange(nh) + 1) * h) // (2 * nh), h - 1)  # pixel centres
+    cols = np.minimum(((2 * np.arange(nw) + 1) * w) // (2 * nw), w - 1)
+    label_map = np.ascontiguousarray(sample.label_map[rows[:, None], cols[None, :]])
+    return Sample(sample.image_id, image, label_map, sample.image_type)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -98,7 +137,8 @@ class EpochDataset(Dataset):
     """``length`` augmented crops per epoch, drawn from ``samples``.
 
     Call :meth:`set_epoch` before each epoch: the image order is a permutation seeded by
-    ``(seed, epoch)`` (repeated as needed to fill ``length``) and each crop's
+    ``(seed, epoch)`` (repeated as needed to fill ``length``), or with ``weights`` a draw
+    with replacement in proportion to them, and each crop's
     augmentation is seeded by ``(seed, epoch, index)``. Items are
     ``(image float32 (3, S, S), targets float32 (K, S, S))``.
     """
@@ -111,10 +151,17 @@ class EpochDataset(Dataset):
         length: int,
         seed: int = 0,
         make_targets: Callable | None = None,
+        weights: Optional[Sequence[float]] = None,
     ) -> None:
         if not samples:
             raise ValueError("no training samples")
         self.samples = list(samples)
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (len(self.samples),) or not np.all(weights >= 0) or weights.sum() <= 0:
+                raise ValueError("weights: one non-negative weight per sample, not all zero")
+            weights = weights / weights.sum()
+        self.weights = weights
         self.augment_cfg = augment
         self.targets_cfg = targets
         self.length = int(length)
@@ -128,6 +175,9 @@ class EpochDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         rng = np.random.default_rng([self.seed, self.epoch])
+        if self.weights is not None:
+            self.order = rng.choice(len(self.samples), size=self.length, replace=True, p=self.weights)
+            return
         reps = -(-self.length // len(self.samples))
         self.order = np.concatenate([rng.permutation(len(self.samples)) for _ in range(reps)])[: self.length]
 
