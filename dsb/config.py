@@ -167,6 +167,10 @@ class PostprocessConfig:
     min_area_px: int = 8
     fill_holes: bool = True
     connectivity: int = 1
+    #: Grow every instance by this many pixels into the background (never into another
+    #: instance; :func:`skimage.segmentation.expand_labels`) after everything else. 0 = off.
+    #: For annotations drawn wider than the model's masks.
+    expand_px: float = 0.0
 
 
 @dataclass
@@ -224,6 +228,8 @@ class Config:
             raise ConfigError("model.head_kernel: must be 1 or 3")
         if self.folds.n_folds < 2:
             raise ConfigError("folds.n_folds: must be at least 2")
+        if self.postprocess.expand_px < 0:
+            raise ConfigError(f"postprocess.expand_px: must be >= 0 (0 = off), got {self.postprocess.expand_px}")
         if self.postprocess.connectivity not in (1, 2):
             raise ConfigError("postprocess.connectivity: must be 1 or 2")
         if self.infer.rescale_area_px < 0 or not 0 < self.infer.rescale_min <= 1.0 <= self.infer.rescale_max:

@@ -17,7 +17,9 @@
 4. holes are filled: a background region enclosed by a single instance joins it
    (never taking pixels of another instance: a gap enclosed by several is left alone);
 5. instances under ``min_area_px`` are dropped, and the rest relabelled ``1..n`` (seeded
-   instances first, in raster order of their seeds' first pixels, then the others).
+   instances first, in raster order of their seeds' first pixels, then the others);
+6. with ``expand_px > 0``, every instance grows by that many pixels into the background,
+   never into another instance (:func:`skimage.segmentation.expand_labels`).
 
 :func:`threshold_labels` is the baseline that the demo compares against: connected
 components of ``body > threshold``, nothing else.
@@ -42,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.segmentation import expand_labels
 
 from dsb.config import TARGET_CHANNELS, PostprocessConfig
 from dsb.errors import ConfigError
@@ -178,7 +181,10 @@ def labels_from_probs(probs: np.ndarray, channels: Sequence[str], cfg: Postproce
     keep = areas >= max(cfg.min_area_px, 1)
     keep[0] = False
     new_ids = (np.cumsum(keep) * keep).astype(np.int32)
-    return new_ids[label_map]
+    label_map = new_ids[label_map]
+    if cfg.expand_px > 0:
+        label_map = expand_labels(label_map, distance=cfg.expand_px).astype(np.int32, copy=False)
+    return label_map
 
 
 def threshold_labels(probs: np.ndarray, channels: Sequence[str], threshold: float, connectivity: int = 1) -> np.ndarray:
