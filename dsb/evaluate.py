@@ -49,6 +49,8 @@ class OofItem:
     fold: int
     probs: np.ndarray  # uint8-quantised (K, H, W)
     truth: np.ndarray  # int32 (H, W)
+    #: Experiment group (``folds.csv``'s ``group`` column; the image id for older runs).
+    group: str = ""
 
 
 def load_oof(run_dir: Path, cfg: Config, samples=None) -> list[OofItem]:
@@ -62,13 +64,15 @@ def load_oof(run_dir: Path, cfg: Config, samples=None) -> list[OofItem]:
         samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
     truth = {s.image_id: s.label_map for s in samples}
     items = []
+    has_groups = "group" in folds.columns
     for row in folds.itertuples(index=False):
         path = run_dir / f"fold{row.fold}" / "oof" / f"{row.image_id}.npy"
         if not path.is_file():
             continue
         if row.image_id not in truth:
             raise DataError(f"{run_dir}: out-of-fold image {row.image_id} is not in the training data {cfg.data.path}")
-        items.append(OofItem(row.image_id, row.image_type, int(row.fold), np.load(path), truth[row.image_id]))
+        items.append(OofItem(row.image_id, row.image_type, int(row.fold), np.load(path), truth[row.image_id],
+                             group=str(row.group) if has_groups else row.image_id))
     if not items:
         raise DataError(f"{run_dir}: no out-of-fold probability maps (fold*/oof/*.npy); train a fold first")
     return items
@@ -98,6 +102,7 @@ TUNE_GRID: dict[str, list] = {
     "touching_weight": [0.0, 0.5, 1.0, 1.5, 2.0],
     "min_seed_area_px": [0, 2, 4, 8, 16, 24, 32, 48],
     "min_area_px": [0, 4, 8, 16, 32, 48, 64, 96],
+    "expand_px": [0.0, 1.0, 2.0, 3.0],
 }
 
 
@@ -168,6 +173,33 @@ def save_tuned(run_dir: Path, result: TuneResult) -> Path:
     return path
 
 
+def bootstrap_interval(
+    scores: Sequence[float], groups: Sequence[str], n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of the mean image score, resampling whole groups.
+
+    Images of one experiment are not independent (a model that fails one field of an
+    experiment fails its twins too), so the interval resamples groups with replacement and
+    takes the mean over every image of the drawn groups; with one image per group this is
+    the ordinary bootstrap over images.
+
+    >>> lo, hi = bootstrap_interval([0.2, 0.3, 0.7, 0.8], ["a", "a", "b", "b"])
+    >>> 0.25 <= lo < 0.5 < hi <= 0.75
+    True
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        return float("nan"), float("nan")
+    names, index = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    sums = np.bincount(index, weights=scores, minlength=len(names))
+    counts = np.bincount(index, minlength=len(names)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), size=(n_boot, len(names)))
+    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+
+
 @dataclass
 class EvaluationReport:
     score: DatasetScore
@@ -178,6 +210,11 @@ class EvaluationReport:
     error_kinds_per_type: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     preds: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
     truths: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    #: 95% bootstrap interval of the mAP, resampling experiment groups (or images).
+    interval: tuple[float, float] = (float("nan"), float("nan"))
+    #: What the bootstrap resampled: ``"groups"`` or ``"images"`` (runs without groups).
+    interval_unit: str = "groups"
+    n_groups: int = 0
 
 
 def error_kinds(items: Sequence[OofItem], preds: dict[str, np.ndarray]) -> dict[str, float]:
@@ -188,9 +225,12 @@ def error_kinds(items: Sequence[OofItem], preds: dict[str, np.ndarray]) -> dict[
     * ``split``: true nuclei more than half covered by two or more predictions together
       but by none alone;
     * ``spurious``: predictions that overlap no true nucleus at all.
-    Also reports the missed rate of small nuclei (under 100 px).
+    Also reports the missed rate of small nuclei (under 100 px) and ``area_ratio``, the
+    median of predicted / true area over matched pairs (IoU > 0.5): below 1, the masks are
+    drawn tighter than the annotations.
     """
     missed = merged = split = spurious = n_true = n_pred = small = small_missed = 0
+    ratios: list[np.ndarray] = []
     for item in items:
         truth, pred = item.truth.ravel().astype(np.int64), preds[item.image_id].ravel().astype(np.int64)
         nt, npred = int(truth.max(initial=0)), int(pred.max(initial=0))
@@ -211,6 +251,11 @@ def error_kinds(items: Sequence[OofItem], preds: dict[str, np.ndarray]) -> dict[
             majority = covered * 2 > area_true[:, None]
             merged += int((majority.sum(axis=0) >= 2).sum())
             spurious += int((overlap[1:, 1:].sum(axis=0) == 0).sum())
+        if npred:
+            area_pred = overlap.sum(axis=0)[1:]
+            union = area_true[:, None] + area_pred[None, :] - covered
+            t_idx, p_idx = np.nonzero(covered * 2 > union)  # IoU > 0.5: at most one match each
+            ratios.append(area_pred[p_idx] / area_true[t_idx])
         is_small = area_true < 100
         small += int(is_small.sum())
         small_missed += int((is_small & is_missed).sum())
@@ -218,6 +263,7 @@ def error_kinds(items: Sequence[OofItem], preds: dict[str, np.ndarray]) -> dict[
         "n_true": n_true, "n_pred": n_pred, "missed": missed, "merged": merged, "split": split,
         "spurious": spurious, "small_true": small,
         "small_missed_rate": small_missed / small if small else 0.0,
+        "area_ratio": float(np.median(np.concatenate(ratios))) if ratios and sum(map(len, ratios)) else float("nan"),
     }
 
 
@@ -240,9 +286,14 @@ def evaluate_run(run_dir: Path, cfg: Optional[Config] = None, items=None) -> Eva
     per_type_errors = {
         t: error_kinds([i for i in items if i.image_type == t], preds) for t in sorted({i.image_type for i in items})
     }
+    group_of = {i.image_id: i.group or i.image_id for i in items}
+    per_image.insert(3, "group", per_image["image_id"].map(group_of))
+    unit = "groups" if any(i.group and i.group != i.image_id for i in items) else "images"
+    interval = bootstrap_interval(per_image["score"].to_numpy(), per_image["group"].to_numpy())
     return EvaluationReport(
         score, per_type, per_fold, per_image, error_kinds(items, preds), per_type_errors,
         preds=preds, truths={i.image_id: i.truth for i in items},
+        interval=interval, interval_unit=unit, n_groups=int(per_image["group"].nunique()),
     )
 
 

@@ -85,3 +85,35 @@ def plot_training_curves(histories: dict[str, Sequence[dict]], path: str | Path)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_groups(images: dict[str, np.ndarray], groups: dict[str, str], path: str | Path,
+                n_groups: int = 14, per_group: int = 8, thumb_px: int = 96, seed: int = 0) -> Path:
+    """A figure of experiment groups: one row per group (the largest half of ``n_groups``
+    and a random draw of the rest), up to ``per_group`` random members each, to check the
+    grouping by eye. ``images`` are uint8 (H, W, 3) by id; ``groups`` maps id to group."""
+    plt = pyplot()
+    members: dict[str, list[str]] = {}
+    for image_id in sorted(groups):
+        members.setdefault(groups[image_id], []).append(image_id)
+    by_size = sorted(members, key=lambda g: (-len(members[g]), g))
+    rng = np.random.default_rng(seed)
+    largest = by_size[: n_groups // 2]
+    rest = by_size[n_groups // 2:]
+    drawn = [rest[i] for i in sorted(rng.choice(len(rest), size=min(len(rest), n_groups - len(largest)), replace=False))]
+    rows = largest + drawn
+    fig, axes = plt.subplots(len(rows), per_group, figsize=(per_group * 1.1, len(rows) * 1.2), squeeze=False)
+    for r, group in enumerate(rows):
+        ids = members[group]
+        picked = [ids[i] for i in sorted(rng.choice(len(ids), size=min(per_group, len(ids)), replace=False))]
+        for c in range(per_group):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(picked):
+                thumb = Image.fromarray(images[picked[c]][..., :3]).resize((thumb_px, thumb_px), Image.BILINEAR)
+                ax.imshow(np.asarray(thumb))
+        axes[r, 0].set_title(f"{group} ({len(ids)})", fontsize=7, loc="left")
+    fig.suptitle(f"{len(members)} experiment groups of {len(groups)} images: the {len(largest)} largest, "
+                 f"then {len(drawn)} drawn at random", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

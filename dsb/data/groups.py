@@ -144,3 +144,29 @@ def assign_groups(
             for image_id in ids:
                 groups[image_id] = f"{kind}-{h}x{w}-{k}"
     return groups
+
+
+def stage_groups(stage, threshold: float = DEFAULT_THRESHOLD, invert_light_background: bool = True,
+                 progress=None) -> dict[str, dict]:
+    """Experiment groups of every image of a Kaggle stage (:func:`dsb.data.kaggle.open_stage`).
+
+    Images are prepared as for training (:func:`dsb.data.dataset.prepare_image`), so the
+    groups are the ones training writes to ``folds.csv`` for the same images and threshold.
+    Returns ``{image_id: {"group", "image_type", "height", "width"}}``; ``progress`` is called
+    with the number of images read.
+    """
+    from dsb.data.dataset import prepare_image
+    from dsb.data.imagetypes import classify_image
+
+    ids, images, kinds = [], [], []
+    image_ids = stage.labelled_ids if stage.has_labels else stage.image_ids
+    for done, image_id in enumerate(image_ids, 1):
+        image = stage.read_image_uint8(image_id)
+        kinds.append(classify_image(image))
+        images.append(prepare_image(image, invert_light_background))
+        ids.append(image_id)
+        if progress is not None:
+            progress(done)
+    groups = assign_groups(ids, images, kinds, threshold)
+    return {i: {"group": groups[i], "image_type": k, "height": int(im.shape[0]), "width": int(im.shape[1])}
+            for i, im, k in zip(ids, images, kinds)}
