@@ -32,6 +32,14 @@ def _print_info(info: dict) -> None:
             for name, count in info[key].items():
                 table.add_row(str(name), str(count))
             console.print(table)
+    if info.get("groups"):
+        sizes = list(info["groups"].values())
+        table = Table(title=f"experiment groups: {len(sizes)} (largest {max(sizes)} images, {sizes.count(1)} single images)")
+        table.add_column("group", justify="left")
+        table.add_column("images", justify="right")
+        for name, count in info["groups"].items():
+            table.add_row(name, str(count))
+        console.print(table)
     stats = info["nuclei_per_image"]
     if stats:
         table = Table(title="nuclei per image")
@@ -39,6 +47,21 @@ def _print_info(info: dict) -> None:
             table.add_column(column, justify="right")
         table.add_row(*(f"{stats[k]:g}" for k in ("min", "median", "mean", "max", "total")))
         console.print(table)
+
+
+def _experiment_groups(stage, threshold: float, csv_path: Path | None) -> dict:
+    from dsb.data.groups import stage_groups
+    from dsb.utils import atomic_write
+
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("experiment groups", total=len(stage))
+        found = stage_groups(stage, threshold, progress=lambda done: progress.update(task, completed=done))
+    if csv_path is not None:
+        with atomic_write(csv_path) as fh:
+            fh.write("image_id,image_type,height,width,group\n")
+            for image_id, g in sorted(found.items()):
+                fh.write(f"{image_id},{g['image_type']},{g['height']},{g['width']},{g['group']}\n")
+    return dict(Counter(g["group"] for g in found.values()).most_common())
 
 
 def register(app: typer.Typer) -> None:
@@ -84,10 +107,14 @@ def register(app: typer.Typer) -> None:
         labels: Annotated[str, typer.Option("--labels", help="'masks' (masks/*.png), an RLE CSV, or 'none'.")] = "masks",
         types: Annotated[bool, typer.Option("--types/--no-types", help="Classify image types (decodes every image).")] = True,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (tables still go to stderr).")] = False,
+        groups: Annotated[bool, typer.Option("--groups", help="Cluster the images into experiment groups, as grouped folds do (decodes every image).")] = False,
+        group_threshold: Annotated[float, typer.Option("--group-threshold", min=0.01, help="Clustering distance (folds.group_threshold).")] = 3.0,
+        groups_csv: Annotated[Path | None, typer.Option("--groups-csv", help="Write image_id,image_type,height,width,group here.")] = None,
     ) -> None:
         """Counts, image sizes, storage modes, nuclei per image and image types of a stage.
 
-        Nuclei are counted from mask file names or CSV rows, without decoding masks."""
+        Nuclei are counted from mask file names or CSV rows, without decoding masks.
+        With --groups, also the experiment groups that grouped folds keep together."""
         from dsb.data.kaggle import open_stage, stage_summary
 
         stage = open_stage(path, labels=None if labels == "none" else labels)
@@ -95,6 +122,8 @@ def register(app: typer.Typer) -> None:
             task = progress.add_task("image types", total=len(stage), visible=types)
             summary = stage_summary(stage, image_types=types,
                                     progress=lambda done: progress.update(task, completed=done))
+        if groups or groups_csv is not None:
+            summary["groups"] = _experiment_groups(stage, group_threshold, groups_csv)
         _print_info(summary)
         if as_json:
             stdout.out(json.dumps(summary), highlight=False)

@@ -39,8 +39,19 @@ def register(app: typer.Typer) -> None:
         from dsb.infer.predict import load_models
         from dsb.train import resolve_device
 
+        from dsb.utils import check_output_dir, check_output_file
+
         if tta is not None and tta not in ("none", "flips", "d4"):
             raise ConfigError(f"--tta: {tta!r} is not one of none, flips, d4")
+        # Outputs and inputs are checked before any model is loaded or image predicted.
+        check_output_file(out, "--out")
+        for option, folder in (("--save-probs", save_probs), ("--overlays", overlays)):
+            if folder is not None:
+                check_output_dir(folder, option)
+        stage = open_stage(input, labels=None)
+        with progress_bar(transient=True) as progress:
+            task = progress.add_task("check images", total=len(stage.image_ids))
+            stage.check_images(progress=lambda n: progress.update(task, completed=n))
         paths = resolve_checkpoints(checkpoint)
         dev = resolve_device(device)
         models, cfg = load_models(paths, device=str(dev))
@@ -53,7 +64,6 @@ def register(app: typer.Typer) -> None:
             from dsb.config import override_config
 
             cfg = override_config(cfg, [f"infer.rescale_area_px={rescale_area}"])
-        stage = open_stage(input, labels=None)
         rescale = f", rescale to {cfg.infer.rescale_area_px:g} px nuclei" if cfg.infer.rescale_area_px else ""
         console.print(f"{len(paths)} model(s), {len(stage.image_ids)} images, TTA {tta or cfg.infer.tta}{rescale}, device {dev}")
         with progress_bar() as progress:
@@ -134,6 +144,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             stdout.print_json(json.dumps({
                 "map": report.score.map, "n_images": report.score.n_images, "labels": cfg.data.labels,
+                "interval": list(report.interval), "interval_unit": report.interval_unit, "n_groups": report.n_groups,
                 "per_type": {r.image_type: {"n_images": int(r.n_images), "map": float(r.map)} for r in report.per_type.itertuples()},
                 "per_fold": {str(r.fold): {"n_images": int(r.n_images), "map": float(r.map)} for r in report.per_fold.itertuples()},
                 "per_threshold": dict(zip([f"{t:.2f}" for t in THRESHOLDS], map(float, report.score.per_threshold))),
@@ -141,7 +152,9 @@ def register(app: typer.Typer) -> None:
                 "per_image_csv": str(path), "figures": [str(p) for p in written],
             }))
             return
-        console.print(f"[bold]out-of-fold mAP {report.score.map:.4f}[/] over {report.score.n_images} images")
+        lo, hi = report.interval
+        console.print(f"[bold]out-of-fold mAP {report.score.map:.4f}[/] over {report.score.n_images} images, "
+                      f"95% interval {lo:.4f}-{hi:.4f} (bootstrap over {report.n_groups} {report.interval_unit})")
         table = Table(title="per image type")
         for col in ("image type", "images", "mAP"):
             table.add_column(col)
@@ -156,7 +169,8 @@ def register(app: typer.Typer) -> None:
         console.print(thr)
         kinds = Table(title="error kinds at IoU 0.5 (nuclei; small = under 100 px)")
         names = list(report.error_kinds)
-        short = {"n_true": "true", "n_pred": "pred", "small_true": "small", "small_missed_rate": "small missed"}
+        short = {"n_true": "true", "n_pred": "pred", "small_true": "small", "small_missed_rate": "small missed",
+                 "area_ratio": "area pred/true"}
         kinds.add_column("image type", no_wrap=True)
         for name in names:
             kinds.add_column(short.get(name, name.replace("_", " ")), justify="right")

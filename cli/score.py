@@ -24,9 +24,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Score SUBMISSION with the competition's metric: mean over images of the average,
         over IoU thresholds 0.50..0.95, of TP / (TP + FP + FN) (a hit needs IoU > t)."""
+        from dsb.errors import InvalidSubmissionError
         from dsb.metrics import THRESHOLDS, score_submission
 
-        result = score_submission(submission, solution)
+        try:
+            result = score_submission(submission, solution)
+        except InvalidSubmissionError as exc:
+            # Validated as `dsb validate` does: every problem listed, exit 1, nothing scored.
+            console.print("\n".join(str(p) for p in exc.problems), markup=False, highlight=False, soft_wrap=True)
+            n_rows = len({p.line for p in exc.problems if p.line is not None})
+            console.print(f"[bold red]INVALID[/] {submission}: {len(exc.problems)} problem(s) on {n_rows} row(s), "
+                          f"checked against {solution}; not scored (Kaggle refuses such a file)", soft_wrap=True)
+            raise typer.Exit(1) from None
         ignored = f", {len(result.ignored_ids)} ignored" if result.ignored_ids else ""
         console.print(f"[bold]mAP {result.map:.4f}[/] over {result.n_images} images{ignored}")
 

@@ -44,6 +44,19 @@ def _command_line(ctx: typer.Context) -> str:
     return shlex.join(parts)
 
 
+def _read_run_file(path: Path) -> dict:
+    """The run's ``run.json`` (``{}`` when absent); a damaged one is an error naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DsbError(f"{path}: unreadable run record ({exc}); fix or delete it") from None
+    if not isinstance(record, dict):
+        raise DsbError(f"{path}: unreadable run record (not a JSON object); fix or delete it")
+    return record
+
+
 def _parse_folds(fold: Optional[int], folds: Optional[str], n_folds: int) -> list[int]:
     if fold is not None and folds is not None:
         raise ConfigError("give either --fold or --folds, not both")
@@ -55,6 +68,8 @@ def _parse_folds(fold: Optional[int], folds: Optional[str], n_folds: int) -> lis
         chosen = [int(x) for x in folds.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--folds: expected 'all' or a comma-separated list like 0,2, got {folds!r}") from None
+    if not chosen:
+        raise ConfigError(f"--folds: no fold given ({folds!r}); expected 'all' or a list like 0,2")
     bad = [f for f in chosen if not 0 <= f < n_folds]
     if bad:
         raise ConfigError(f"--folds: fold(s) {bad} out of range 0..{n_folds - 1}")
@@ -106,7 +121,7 @@ def register(app: typer.Typer) -> None:
             if full:
                 chosen = [None]
             else:
-                chosen = json.loads(run_file.read_text())["folds"] if run_file.is_file() and fold is None and folds is None else None
+                chosen = _read_run_file(run_file).get("folds") if fold is None and folds is None else None
                 chosen = chosen or _parse_folds(fold, folds, cfg.folds.n_folds)
         else:
             if config is None:
@@ -121,11 +136,17 @@ def register(app: typer.Typer) -> None:
             backend = "nccl" if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and _cuda()) else "gloo"
             torch.distributed.init_process_group(backend=backend)
         try:
+            # Everything that can be refused is checked before the run folder is touched:
+            # the config (load_config), the run folder's own config, the data (every image
+            # decoded here), the folds and a warm restart's source run.
             if dist.is_main:
                 check_run_config(cfg, run_dir)
+            samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
+            if dist.is_main:
+                _check_before_writing(cfg, run_dir, samples)
                 console.print(f"[bold]run[/] {run_dir}  {'full data' if full else f'folds {chosen}'}  config {cfg.name}")
                 run_dir.mkdir(parents=True, exist_ok=True)
-                before = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
+                before = _read_run_file(run_dir / RUN_FILE)
                 command = _command_line(ctx)
                 if full:
                     # The full-data model joins a cross-validation run: its own entry, the folds' kept.
@@ -146,7 +167,6 @@ def register(app: typer.Typer) -> None:
                     record = {"folds": chosen, "command": command}
                 with atomic_write(run_dir / RUN_FILE) as fh:
                     json.dump(record, fh)
-            samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
             results = []
             for k in chosen:
                 last = run_dir / (FULL_DIR if k is None else f"fold{k}") / "last.pt"
@@ -186,6 +206,33 @@ def register(app: typer.Typer) -> None:
                 import torch.distributed
 
                 torch.distributed.destroy_process_group()
+
+
+def _check_before_writing(cfg, run_dir: Path, samples) -> None:
+    """Refuse, before anything is written to ``run_dir``, what ``train_fold`` would refuse
+    only after writing ``config.yaml``: a run folder that is a file, folds that cannot be
+    made from these images, a warm restart from a folder that is not a run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DsbError(f"--run-dir {run_dir}: exists and is not a folder")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DsbError(f"--run-dir {run_dir}: {parent} is a file, not a folder")
+    if cfg.train.init_from:
+        init_folds = Path(cfg.train.init_from) / "folds.csv"
+        if not init_folds.is_file():
+            raise ConfigError(f"train.init_from: {init_folds} not found (not a dsb run folder?)")
+    if (run_dir / "folds.csv").is_file() or cfg.train.init_from:
+        return  # the folds exist already (or come from the run started from)
+    from dsb.data.folds import make_folds
+    from dsb.train import sample_groups
+
+    groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
+    try:
+        make_folds([s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds,
+                   cfg.folds.seed, groups=groups)
+    except ValueError as exc:
+        raise ConfigError(f"folds: cannot split {len(samples)} images into folds.n_folds={cfg.folds.n_folds} "
+                          f"folds ({exc})") from None
 
 
 def _cuda() -> bool:

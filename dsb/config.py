@@ -9,6 +9,8 @@ checkpoint alone is enough to rebuild its model.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -42,9 +44,11 @@ class FoldsConfig:
     n_folds: int = 4
     seed: int = 0
     #: ``"grouped"``: each experiment group (:mod:`dsb.data.groups`) stays in one fold, so the
-    #: out-of-fold score is measured on unseen experiments; ``"stratified"``: images dealt
-    #: over the folds by type only (the older, optimistic split).
-    method: Literal["grouped", "stratified"] = "grouped"
+    #: out-of-fold score is measured on unseen experiments (the real-data configs use it);
+    #: ``"stratified"``: images dealt over the folds by type only (optimistic on real data,
+    #: where near-identical fields of one experiment land on both sides; kept as the default
+    #: for synthetic data, where every image is its own experiment, and for older runs).
+    method: Literal["grouped", "stratified"] = "stratified"
     #: Clustering distance of the experiment grouping (standardised image features).
     group_threshold: float = 3.0
 
@@ -207,7 +211,12 @@ class Config:
         return asdict(self)
 
     def validate(self) -> "Config":
-        """Cross-field checks that types alone cannot express."""
+        """Range and cross-field checks that types alone cannot express.
+
+        Every numeric value is checked against its allowed range (:data:`RANGES`); the
+        message names the dotted key, the value and the range.
+        """
+        _check_ranges(self)
         unknown = [c for c in self.targets.channels if c not in TARGET_CHANNELS]
         if unknown:
             raise ConfigError(f"targets.channels: unknown channel(s) {unknown}; choose from {list(TARGET_CHANNELS)}")
@@ -220,18 +229,22 @@ class Config:
             )
         if len(self.model.decoder_channels) != self.model.encoder_depth:
             raise ConfigError(
-                f"model.decoder_channels: needs {self.model.encoder_depth} entries (model.encoder_depth)"
+                f"model.decoder_channels: {len(self.model.decoder_channels)} entries; needs "
+                f"{self.model.encoder_depth} (model.encoder_depth)"
             )
         if not 1 <= self.model.fast_depth <= self.model.encoder_depth - 1:
-            raise ConfigError(f"model.fast_depth: must be in 1..{self.model.encoder_depth - 1}")
+            raise ConfigError(
+                f"model.fast_depth: {self.model.fast_depth} is out of range; must be in "
+                f"1..{self.model.encoder_depth - 1} (model.encoder_depth - 1)"
+            )
         if self.model.head_kernel not in (1, 3):
-            raise ConfigError("model.head_kernel: must be 1 or 3")
+            raise ConfigError(f"model.head_kernel: {self.model.head_kernel} is not allowed; must be 1 or 3")
         if self.folds.n_folds < 2:
-            raise ConfigError("folds.n_folds: must be at least 2")
+            raise ConfigError(f"folds.n_folds: {self.folds.n_folds} is out of range; must be >= 2")
         if self.postprocess.expand_px < 0:
             raise ConfigError(f"postprocess.expand_px: must be >= 0 (0 = off), got {self.postprocess.expand_px}")
         if self.postprocess.connectivity not in (1, 2):
-            raise ConfigError("postprocess.connectivity: must be 1 or 2")
+            raise ConfigError(f"postprocess.connectivity: {self.postprocess.connectivity} is not allowed; must be 1 or 2")
         if self.infer.rescale_area_px < 0 or not 0 < self.infer.rescale_min <= 1.0 <= self.infer.rescale_max:
             raise ConfigError(
                 "infer.rescale_*: rescale_area_px must be >= 0 (0 = off) and rescale_min <= 1 <= rescale_max, "
@@ -247,8 +260,130 @@ class Config:
         if self.folds.group_threshold <= 0:
             raise ConfigError(f"folds.group_threshold: must be > 0, got {self.folds.group_threshold}")
         if self.infer.tile_overlap_px * 2 >= self.infer.tile_px:
-            raise ConfigError("infer.tile_overlap_px: must be less than half of infer.tile_px")
+            raise ConfigError(
+                f"infer.tile_overlap_px: {self.infer.tile_overlap_px} is out of range; must be less than half "
+                f"of infer.tile_px ({self.infer.tile_px})"
+            )
         return self
+
+# --------------------------------------------------------------------------- ranges
+
+_INF = math.inf
+#: Seeds beyond 32 bits overflow some generators.
+_SEED_MAX = 2**32 - 1
+
+#: Allowed range of every numeric key: ``(low, high, low_open, high_open)``; a list
+#: field's range applies to each entry. Checked by :meth:`Config.validate`; NaN and
+#: infinities are outside every range.
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "data.synthetic_n": (1, _INF, False, True),
+    "data.synthetic_seed": (0, _SEED_MAX, False, False),
+    "folds.n_folds": (2, _INF, False, True),
+    "folds.seed": (0, _SEED_MAX, False, False),
+    "folds.group_threshold": (0, _INF, True, True),
+    "model.encoder_depth": (2, 5, False, False),
+    "model.decoder_channels": (1, _INF, False, True),
+    "model.in_channels": (1, _INF, False, True),
+    "targets.border_px": (1, _INF, False, True),
+    "targets.touching_px": (1, _INF, False, True),
+    "augment.crop_px": (32, 4096, False, False),
+    "augment.scale_min": (0, _INF, True, True),
+    "augment.scale_max": (0, _INF, True, True),
+    "augment.rotate_deg": (0, 180, False, False),
+    "augment.normalize_area_px": (0, _INF, False, True),
+    "loss.bce_weight": (0, _INF, False, True),
+    "loss.dice_weight": (0, _INF, False, True),
+    "loss.channel_weights": (0, _INF, False, True),
+    "train.epochs": (1, _INF, False, True),
+    "train.batch_size": (1, _INF, False, True),
+    "train.steps_per_epoch": (0, _INF, False, True),
+    "train.lr": (0, _INF, True, True),
+    "train.weight_decay": (0, _INF, False, True),
+    "train.warmup_epochs": (0, _INF, False, True),
+    "train.grad_clip": (0, _INF, False, True),
+    "train.ema_decay": (0, 1, False, True),
+    "train.num_workers": (0, _INF, False, True),
+    "train.seed": (0, _SEED_MAX, False, False),
+    "train.val_every": (1, _INF, False, True),
+    "postprocess.seed_threshold": (0, 1, False, False),
+    "postprocess.mask_threshold": (0, 1, False, False),
+    "postprocess.border_weight": (0, _INF, False, True),
+    "postprocess.touching_weight": (0, _INF, False, True),
+    "postprocess.min_seed_area_px": (0, _INF, False, True),
+    "postprocess.min_area_px": (0, _INF, False, True),
+    "postprocess.expand_px": (0, _INF, False, True),
+    "infer.max_full_px": (1, _INF, False, True),
+    "infer.tile_px": (32, 16384, False, False),
+    "infer.tile_overlap_px": (0, _INF, False, True),
+    "infer.rescale_area_px": (0, _INF, False, True),
+    "infer.rescale_min": (0, 1, True, False),
+    "infer.rescale_max": (1, _INF, False, True),
+}
+#: Every ``augment.p_*`` probability is in [0, 1] (added below from the dataclass).
+RANGES.update({f"augment.{f.name}": (0, 1, False, False)
+               for f in dataclasses.fields(AugmentConfig) if f.name.startswith("p_")})
+
+
+
+def _range_text(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    def fmt(v: float) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    if high == _INF:
+        return f"{'>' if low_open else '>='} {fmt(low)}"
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    return f"in {left}{fmt(low)}, {fmt(high)}{right}"
+
+
+def _in_range(value: float, low: float, high: float, low_open: bool, high_open: bool) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    return above and below
+
+
+def _check_ranges(cfg: "Config") -> None:
+    """Raise :class:`ConfigError` for the first value outside its range (in :data:`RANGES`)."""
+    for key, (low, high, low_open, high_open) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        values = value if isinstance(value, list) else [value]
+        for i, v in enumerate(values):
+            if not _in_range(v, low, high, low_open, high_open):
+                where = f"{key}[{i}]" if isinstance(value, list) else key
+                raise ConfigError(f"{where}: {v!r} is out of range; must be {_range_text(low, high, low_open, high_open)}")
+    aug = cfg.augment
+    if aug.scale_min > aug.scale_max:
+        raise ConfigError(
+            f"augment.scale_min: {aug.scale_min:g} is larger than augment.scale_max {aug.scale_max:g}; "
+            "need 0 < scale_min <= scale_max"
+        )
+    if cfg.loss.bce_weight == 0 and cfg.loss.dice_weight == 0:
+        raise ConfigError("loss.bce_weight, loss.dice_weight: both are 0 (nothing to learn); at least one must be > 0")
+
+
+# --------------------------------------------------------------------------- parsing
+
+#: A number in any usual notation: ``1e-3``, ``-2.5E+4``, ``.5``, ``5.``, ``1_000``
+#: (YAML 1.1, which PyYAML follows, reads ``1e-3`` as a string, and ``--set`` values too).
+_NUMBER = re.compile(r"[+-]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
+def _as_number(value: Any) -> int | float | None:
+    """``value`` as an int or float (numbers, and strings that spell one), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        text = value.strip()
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                continue
+    return None
 
 
 def _type_name(tp: Any) -> str:
@@ -286,13 +421,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = _as_number(value)
+        if number is None or (isinstance(number, float) and not (math.isfinite(number) and number.is_integer())):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
+        return int(number)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _as_number(value)
+        if number is None:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        return float(number)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -321,19 +458,59 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> Config:
-    """Load a YAML config; ``overrides`` are ``section.key=value`` strings (YAML values)."""
+    """Load a YAML config; ``overrides`` are ``section.key=value`` strings (YAML values).
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or unreadable, not UTF-8, not YAML, not a mapping of
+        sections; an override is malformed; a key is unknown, a value of the wrong type
+        or out of its range. The message names the file and the dotted key.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the config as UTF-8"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    _apply_overrides(data, overrides or [])
+    except (ValueError, TypeError, RecursionError) as exc:  # e.g. a value PyYAML cannot construct
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (train:, model:, ...), "
+            f"got a {_yaml_kind(data)}"
+        )
     try:
+        _apply_overrides(data, overrides or [])
         return config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _yaml_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return f"string {_short(value)!r}"
+    return f"{type(value).__name__} {_short(repr(value))}"
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _apply_overrides(data: dict, overrides: Sequence[str], sections: Optional[Sequence[str]] = None) -> dict:
@@ -342,12 +519,26 @@ def _apply_overrides(data: dict, overrides: Sequence[str], sections: Optional[Se
         if not sep:
             raise ConfigError(f"override {item!r}: expected section.key=value")
         *parents, leaf = key.strip().split(".")
+        if not leaf or not all(parents):
+            raise ConfigError(f"override {item!r}: {key.strip()!r} is not a dotted key like train.lr")
         if sections is not None and (not parents or parents[0] not in sections):
             raise ConfigError(f"override {item!r}: only {', '.join(s + '.*' for s in sections)} may be changed here")
         node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(f"override {item!r}: {where} is a value ({_short(repr(child))}), not a section with keys")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            detail = " ".join(str(exc).split())
+            raise ConfigError(f"override {item!r}: the value {raw!r} is not valid YAML ({detail})") from None
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise ConfigError(f"override {item!r}: the value {raw!r} is not valid YAML ({exc})") from None
     return data
 
 

@@ -27,5 +27,18 @@ class SubmissionError(DsbError):
     """A submission file cannot be parsed (not a CSV, wrong columns, junk)."""
 
 
+class InvalidSubmissionError(SubmissionError):
+    """A submission that parses but has problems Kaggle would refuse (exit 1).
+
+    ``problems`` holds every :class:`dsb.submission.Problem`; the message lists the first ones.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, problems: tuple = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
 class CheckpointError(DsbError):
     """A checkpoint or weights file is missing, corrupt or incompatible."""

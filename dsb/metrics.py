@@ -48,7 +48,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from dsb.errors import DataError, SubmissionError
+from dsb.errors import DataError
 
 __all__ = [
     "THRESHOLDS",
@@ -334,16 +334,6 @@ class _Solution:
         self.scored_ids = [i for i in self.all_ids if i not in ignored]
 
 
-def _is_solution_csv(path: str | os.PathLike) -> bool:
-    """True when the file's header is a solution's (``ImageId,EncodedPixels,Height,Width...``)."""
-    try:
-        with open(path, "rb") as fh:
-            header = fh.readline(256).decode("utf-8", "replace").strip().split(",")
-    except OSError:
-        return False
-    return header[:2] == ["ImageId", "EncodedPixels"] and {"Height", "Width"} <= set(header[2:])
-
-
 def score_submission(
     submission_csv: str | os.PathLike, solution: str | os.PathLike
 ) -> DatasetScore:
@@ -352,9 +342,11 @@ def score_submission(
     Parameters
     ----------
     submission_csv : path
-        ``ImageId,EncodedPixels`` file. It must pass :func:`dsb.submission.check_submission`
-        against the solution's ids and shapes (Kaggle refused invalid submissions), else
-        :class:`~dsb.errors.SubmissionError` lists the problems.
+        ``ImageId,EncodedPixels`` file (extra columns are ignored; read as by
+        :func:`dsb.submission.read_submission`). It must pass
+        :func:`dsb.submission.check_submission` against the solution's ids and shapes
+        (Kaggle refused invalid submissions), else
+        :class:`~dsb.errors.InvalidSubmissionError` carries every problem.
     solution : path
         Either a solution CSV (``ImageId,EncodedPixels,Height,Width`` and optionally
         ``Usage``; images whose rows say ``Usage == "Ignored"`` must be in the submission
@@ -367,21 +359,15 @@ def score_submission(
         Images in the solution's order.
     """
     from dsb.rle import runs_to_label_map
-    from dsb.submission import submission_runs
+    from dsb.submission import read_submission, submission_runs
 
     truth = _Solution(solution)
-    if _is_solution_csv(submission_csv):
-        # A solution file scored as a submission (e.g. a solution against itself): its
-        # Height/Width/Usage columns are ignored, its rows are the prediction.
-        from dsb.data.kaggle import read_rle_csv
-
-        table = read_rle_csv(submission_csv)
-        missing = [i for i in truth.all_ids if i not in table]
-        if missing:
-            raise SubmissionError(f"{submission_csv}: {len(missing)} image(s) of the solution missing, e.g. {missing[0]}")
-        runs_by_id = {i: table.runs(i) for i in truth.all_ids}
-    else:
-        runs_by_id = submission_runs(submission_csv, image_shapes=truth.shapes, image_ids=truth.all_ids)
+    # Whatever columns the file carries (a solution file scored as a submission has
+    # Height/Width/Usage too; they are ignored), its rows pass the same checks as
+    # `dsb validate`: a duplicate, unknown id or unsorted pair is refused, not scored.
+    frame = read_submission(submission_csv, extra_columns=True)
+    runs_by_id = submission_runs(frame, image_shapes=truth.shapes, image_ids=truth.all_ids,
+                                 name=str(submission_csv))
     records = []
     for image_id in truth.scored_ids:
         true_labels = truth.label_map(image_id)

@@ -1,13 +1,16 @@
 """Kaggle submission files: strict reading, validation, and writes that cannot be invalid.
 
-A submission is a UTF-8 CSV whose header is exactly ``ImageId,EncodedPixels``, one row
+A submission is a UTF-8 CSV whose header is ``ImageId,EncodedPixels``, one row
 per predicted nucleus (RLE as in :mod:`dsb.rle`), and one row with an empty
-``EncodedPixels`` for an image without predictions.
+``EncodedPixels`` for an image without predictions. Whatever a standard CSV reader reads
+is read, as Kaggle did: quoted fields and headers (R's ``write.csv``), CRLF or CR line
+endings, a UTF-8 byte-order mark (with a :class:`SubmissionWarning`), and gzip or zip
+compression.
 
-Two kinds of failure, two exits in ``dsb validate``:
+Two kinds of failure, two exits in ``dsb validate`` (and ``dsb score``):
 
-* a file that is not such a CSV (missing, binary, not UTF-8, a byte-order mark, another
-  header, a row without exactly two fields, broken quoting) raises
+* a file that is not such a CSV (missing, binary, damaged compression, not UTF-8,
+  another header, a row without exactly two fields, broken quoting) raises
   :class:`~dsb.errors.SubmissionError` from :func:`read_submission` (exit 2);
 * a well-formed file whose content is wrong gives a list of :class:`Problem`, each with
   its CSV line number (header = line 1) and ImageId, from :func:`check_submission`
@@ -38,18 +41,20 @@ import dataclasses
 import io
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dsb.errors import SubmissionError
+from dsb.errors import InvalidSubmissionError, SubmissionError
 from dsb.utils import atomic_write
 
 __all__ = [
     "HEADER",
     "Problem",
+    "SubmissionWarning",
     "read_submission",
     "check_submission",
     "check_runs",
@@ -97,8 +102,30 @@ class Problem:
 # --------------------------------------------------------------------------- reading
 
 
-def read_submission(path: str | os.PathLike) -> pd.DataFrame:
+class SubmissionWarning(UserWarning):
+    """The submission was read but is not in the plain form (a byte-order mark)."""
+
+
+#: Decompressed size above which a compressed submission is refused (no submission of
+#: the competition comes near it; this stops a zip bomb).
+_MAX_DECOMPRESSED = 1 << 30
+
+
+def read_submission(path: str | os.PathLike, extra_columns: bool = False) -> pd.DataFrame:
     """Read a submission CSV strictly.
+
+    Anything a standard CSV reader reads is read: quoted fields and headers (R's
+    ``write.csv`` writes ``"ImageId","EncodedPixels"``), CRLF or CR line endings, a
+    UTF-8 byte-order mark (with a :class:`SubmissionWarning`), and a gzip- or
+    zip-compressed file (Kaggle takes both; a zip must hold one CSV).
+
+    Parameters
+    ----------
+    path : the CSV (or ``.gz``/``.zip``)
+    extra_columns : bool
+        Allow columns besides ``ImageId`` and ``EncodedPixels`` (e.g. a solution file's
+        ``Height,Width,Usage``); they are read and dropped. Without it the header must
+        be exactly ``ImageId,EncodedPixels``.
 
     Returns
     -------
@@ -109,8 +136,9 @@ def read_submission(path: str | os.PathLike) -> pd.DataFrame:
     Raises
     ------
     SubmissionError
-        The file is missing, not UTF-8 text, has a byte-order mark, another header,
-        broken quoting, or rows without exactly two fields (all such rows are listed).
+        The file is missing, damaged (compressed), not UTF-8 text, has another header,
+        broken quoting, or rows without exactly as many fields as the header (all such
+        rows are listed).
     """
     path = Path(path)
     if not path.exists():
@@ -121,61 +149,120 @@ def read_submission(path: str | os.PathLike) -> pd.DataFrame:
         data = path.read_bytes()
     except OSError as exc:
         raise SubmissionError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return _parse_csv_bytes(data, str(path))
+    data, name = _decompress(data, str(path))
+    return _parse_csv_bytes(data, name, extra_columns=extra_columns)
 
 
-def _parse_csv_bytes(data: bytes, name: str) -> pd.DataFrame:
+def _decompress(data: bytes, name: str) -> tuple[bytes, str]:
+    """The CSV bytes of a gzip or zip file (``name`` then names the member), else ``data``."""
+    if data.startswith(b"\x1f\x8b"):
+        import gzip
+
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+                out = fh.read(_MAX_DECOMPRESSED + 1)
+        except Exception as exc:  # BadGzipFile, EOFError (truncated), zlib.error, ...
+            raise SubmissionError(f"{name}: a damaged gzip file ({type(exc).__name__}: {exc})") from None
+        if len(out) > _MAX_DECOMPRESSED:
+            raise SubmissionError(f"{name}: decompresses to more than {_MAX_DECOMPRESSED >> 20} MiB; not a submission")
+        return out, name
+    if data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                members = [m for m in zf.infolist()
+                           if not m.is_dir() and "__MACOSX" not in m.filename.split("/")
+                           and not m.filename.rsplit("/", 1)[-1].startswith(".")]
+                if len(members) != 1:
+                    shown = ", ".join(m.filename for m in members[:5]) or "nothing"
+                    raise SubmissionError(f"{name}: a zip must hold exactly one CSV file; it holds {len(members)} ({shown})")
+                member = members[0]
+                if member.file_size > _MAX_DECOMPRESSED:
+                    raise SubmissionError(f"{name}:{member.filename}: larger than {_MAX_DECOMPRESSED >> 20} MiB; not a submission")
+                with zf.open(member) as fh:
+                    out = fh.read(_MAX_DECOMPRESSED + 1)
+        except SubmissionError:
+            raise
+        except Exception as exc:  # BadZipFile, zlib.error, EOFError, encrypted, unsupported method, ...
+            raise SubmissionError(f"{name}: a damaged or unsupported zip file ({type(exc).__name__}: {exc})") from None
+        if len(out) > _MAX_DECOMPRESSED:
+            raise SubmissionError(f"{name}: decompresses to more than {_MAX_DECOMPRESSED >> 20} MiB; not a submission")
+        return out, f"{name}:{member.filename}"
+    return data, name
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _parse_csv_bytes(data: bytes, name: str, extra_columns: bool = False) -> pd.DataFrame:
     if not data.strip():
         raise SubmissionError(f"{name}: the file is empty; expected the header {HEADER!r}")
     if b"\x00" in data:
-        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        line = len(_LINE_BREAK.findall(data[: data.index(b"\x00")].decode("latin-1"))) + 1
         raise SubmissionError(f"{name}: binary data (a NUL byte on line {line}); not a CSV text file")
     if data.startswith(codecs.BOM_UTF8):
-        raise SubmissionError(
-            f"{name}: starts with a UTF-8 byte-order mark; the header must be exactly "
-            f"{HEADER!r} (save the file as UTF-8 without BOM)"
-        )
+        warnings.warn(f"{name}: starts with a UTF-8 byte-order mark; read without it", SubmissionWarning, stacklevel=3)
+        data = data[len(codecs.BOM_UTF8):]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        line = len(_LINE_BREAK.findall(data[: exc.start].decode("latin-1"))) + 1
         raise SubmissionError(
             f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})"
         ) from None
 
-    first_line = text.split("\n", 1)[0].removesuffix("\r")
-    if first_line != HEADER:
-        raise SubmissionError(
-            f"{name}: line 1 must be exactly {HEADER!r}, found {_shorten(first_line)!r}"
-        )
-
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, [])
+    except csv.Error:
+        header = None
+    first_line = _LINE_BREAK.split(text, 1)[0]
+    columns = _header_columns(header, extra_columns)
+    if columns is None:
+        wanted = f"exactly {HEADER!r}" + (" (quoting allowed)" if first_line.startswith('"') else "")
+        if extra_columns:
+            wanted = f"a header with the columns ImageId and EncodedPixels (once each), like {HEADER!r}"
+        raise SubmissionError(f"{name}: line 1 must be {wanted}, found {_shorten(first_line)!r}")
+    id_col, rle_col, n_fields = columns
+
     image_ids: list[str] = []
     rles: list[str] = []
     lines: list[int] = []
     bad_rows: list[str] = []
     try:
-        next(reader)  # the header, checked above
         previous_end = reader.line_num
         for record in reader:
             line, previous_end = previous_end + 1, reader.line_num
             if not record:  # a blank line
                 continue
-            if len(record) != 2:
-                bad_rows.append(f"line {line}: {len(record)} field(s), expected 2")
+            if len(record) != n_fields:
+                bad_rows.append(f"line {line}: {len(record)} field(s), expected {n_fields}")
                 continue
-            image_ids.append(record[0])
-            rles.append(record[1])
+            image_ids.append(record[id_col])
+            rles.append(record[rle_col])
             lines.append(line)
     except csv.Error as exc:
         raise SubmissionError(f"{name}: not a valid CSV (line {reader.line_num}: {exc})") from None
     if bad_rows:
         shown = "\n  ".join(bad_rows[:_SHOWN_PROBLEMS])
         more = f"\n  ... and {len(bad_rows) - _SHOWN_PROBLEMS} more" if len(bad_rows) > _SHOWN_PROBLEMS else ""
+        what = f"the two columns {HEADER!r}" if n_fields == 2 else f"the header's {n_fields} fields"
         raise SubmissionError(
-            f"{name}: {len(bad_rows)} row(s) do not have exactly the two columns {HEADER!r}:\n  {shown}{more}"
+            f"{name}: {len(bad_rows)} row(s) do not have exactly {what}:\n  {shown}{more}"
         )
     return _frame(image_ids, rles, lines)
+
+
+def _header_columns(header: list[str] | None, extra_columns: bool) -> tuple[int, int, int] | None:
+    """``(ImageId index, EncodedPixels index, number of fields)`` of a good header, else None."""
+    if header is None:
+        return None
+    if header == list(_COLUMNS):
+        return 0, 1, 2
+    if not extra_columns or header.count("ImageId") != 1 or header.count("EncodedPixels") != 1:
+        return None
+    return header.index("ImageId"), header.index("EncodedPixels"), len(header)
 
 
 def _frame(image_ids: Sequence[str], rles: Sequence[str], lines: Sequence[int]) -> pd.DataFrame:
@@ -483,28 +570,33 @@ def check_submission(
 def _raise_problems(name: str, problems: list[Problem], what: str) -> None:
     shown = "\n".join(f"  {p}" for p in problems[:_SHOWN_PROBLEMS])
     more = f"\n  ... and {len(problems) - _SHOWN_PROBLEMS} more" if len(problems) > _SHOWN_PROBLEMS else ""
-    raise SubmissionError(f"{name}: {len(problems)} problem(s); {what}:\n{shown}{more}")
+    raise InvalidSubmissionError(f"{name}: {len(problems)} problem(s); {what}:\n{shown}{more}", problems)
 
 
 def submission_runs(
     submission: pd.DataFrame | str | os.PathLike,
     image_shapes: Mapping[str, tuple[int, int]] | None = None,
     image_ids: Iterable[str] | None = None,
+    name: str | None = None,
 ) -> dict[str, list[np.ndarray]]:
     """The runs of a valid submission, per image: ``{ImageId: [(n, 2) int64 arrays]}``.
 
     Rows keep their file order; an image with only an empty row maps to ``[]``. Checks
     as :func:`check_submission` (one parse serves both).
 
+    ``name`` names the file in messages when ``submission`` is a frame.
+
     Raises
     ------
     SubmissionError
-        The file is malformed or has any problem (the first ones are listed).
+        The file is malformed; :class:`~dsb.errors.InvalidSubmissionError` (a subclass,
+        exit code 1, with every problem in ``.problems``) when it has any problem.
     """
     frame = _as_frame(submission)
     problems, parsed, ids = _inspect(frame, image_shapes, image_ids)
     if problems:
-        name = str(submission) if not isinstance(submission, pd.DataFrame) else "submission"
+        if name is None:
+            name = str(submission) if not isinstance(submission, pd.DataFrame) else "submission"
         _raise_problems(name, problems, "Kaggle would refuse it (`dsb validate` lists them all)")
     runs: dict[str, list[np.ndarray]] = {str(i): [] for i in dict.fromkeys(ids.tolist())}
     pairs = np.stack([parsed.starts, parsed.lengths], axis=1)

@@ -295,12 +295,20 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     from dsb.data.folds import load_or_make_folds
 
     check_run_config(cfg, run_dir)
-    if cfg.folds.method == "grouped" and not (run_dir / "folds.csv").is_file() and not cfg.train.init_from:
-        # Fail before anything is written: too few groups for the folds leaves no usable folder.
-        from dsb.data.folds import make_folds
+    if not (run_dir / "folds.csv").is_file():
+        # Fail before anything is written: a bad init_from or too few images (or groups) for
+        # the folds would otherwise leave a folder whose config.yaml refuses the fixed config.
+        if cfg.train.init_from:
+            if not (Path(cfg.train.init_from) / "folds.csv").is_file():
+                raise ConfigError(
+                    f"train.init_from: {Path(cfg.train.init_from) / 'folds.csv'} not found (not a dsb run folder?)"
+                )
+        else:
+            from dsb.data.folds import make_folds
 
-        make_folds([s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds,
-                   cfg.folds.seed, groups=sample_groups(samples, cfg.folds.group_threshold))
+            groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
+            make_folds([s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds,
+                       cfg.folds.seed, groups=groups)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     if cfg.train.init_from and not (run_dir / "folds.csv").is_file():

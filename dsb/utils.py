@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes."""
+"""Small shared helpers: atomic writes, checks of output paths."""
 
 from __future__ import annotations
 
@@ -30,6 +30,53 @@ def _final_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, before any work, an output file path that cannot be written.
+
+    The path must not be a folder, and its nearest existing parent must be a writable
+    folder (not a file). Missing parents are fine (they are created on writing).
+
+    Raises
+    ------
+    DsbError
+        Naming the path and what is wrong with it.
+    """
+    from dsb.errors import DsbError
+
+    path = Path(path)
+    if path.is_dir():
+        raise DsbError(f"{what} {path}: is an existing folder; give a file name (e.g. {path / 'submission.csv'})")
+    if path.exists() and not path.is_file():
+        raise DsbError(f"{what} {path}: exists and is not a regular file")
+    if not path.name or path.name in (".", ".."):
+        raise DsbError(f"{what} {path}: not a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DsbError(f"{what} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DsbError(f"{what} {path}: the folder {parent} is not writable")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Refuse, before any work, an output folder that is a file or under a file."""
+    from dsb.errors import DsbError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DsbError(f"{what} {path}: exists and is not a folder")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DsbError(f"{what} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DsbError(f"{what} {path}: the folder {parent} is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it over ``path`` only on success.
@@ -37,9 +84,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     A crash or exception inside the ``with`` block leaves any existing ``path`` untouched
     and no partial file behind.
     """
+    from dsb.errors import DsbError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise DsbError(f"{path}: is a folder; cannot write a file there")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DsbError(f"{path}: cannot write ({exc.strerror or exc}: {exc.filename or path.parent})") from None
     try:
         with os.fdopen(fd, mode, **open_kwargs) as fh:
             yield fh

@@ -69,7 +69,7 @@ def test_solution_file_scored_against_itself_is_one(stage):
     dropped = lines[1].split(",")[0]
     partial.write_text("\n".join(l for l in lines if not l.startswith(dropped)) + "\n")
     result = invoke("score", partial, "--solution", folder.solution_csv)
-    assert result.exit_code == 2 and dropped in result.stderr
+    assert result.exit_code == 1 and dropped in result.stderr
 
 
 def test_score_tables_on_stderr(stage, tmp_path):
@@ -85,14 +85,16 @@ def test_score_tables_on_stderr(stage, tmp_path):
     assert json.loads(result.stdout)["map"] == 0.0
 
 
-def test_score_errors_exit_2(stage, tmp_path):
+def test_score_errors_exit_1_or_2(stage, tmp_path):
     folder, _ = stage
     bad = tmp_path / "bad.csv"
     bad.write_text("ImageId,EncodedPixels\nnot-an-image,1 1\n")
     result = invoke("score", bad, "--solution", folder.solution_csv, "--json")
-    assert result.exit_code == 2
+    # An invalid submission: exit 1 with every problem listed, as `dsb validate` does.
+    assert result.exit_code == 1
     assert result.stdout == ""
-    assert "unknown ImageId" in result.stderr and "dsb validate" in result.stderr
+    assert "unknown ImageId" in result.stderr and "INVALID" in result.stderr
+    assert all(image_id in result.stderr for image_id in folder.image_ids)  # each missing image listed
     result = invoke("score", tmp_path / "missing.csv", "--solution", folder.solution_csv)
     assert result.exit_code == 2 and "no such file" in result.stderr
     result = invoke("score", bad, "--solution", tmp_path / "nowhere")

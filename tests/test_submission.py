@@ -16,6 +16,7 @@ from dsb.rle import rle_to_pairs, runs_to_label_map
 from dsb.submission import (
     HEADER,
     Problem,
+    SubmissionWarning,
     _parse_rles,
     check_runs,
     check_submission,
@@ -83,7 +84,6 @@ def test_multiline_field_is_reported_on_its_first_line(tmp_path):
         (b"\n\n", "empty"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
         (f"{HEADER}\na,1 2\nb,caf\u00e9\n".encode("latin-1"), "not UTF-8.*line 3"),
-        (b"\xef\xbb\xbf" + csv_text("a,1 1").encode(), "byte-order mark"),
         (b"ImageId,Encoded\na,1 1\n", "line 1 must be exactly"),
         (b"EncodedPixels,ImageId\n1 1,a\n", "line 1 must be exactly"),
         (b"ImageId,EncodedPixels,Extra\na,1 1,x\n", "line 1 must be exactly"),
@@ -99,6 +99,90 @@ def test_malformed_files_raise_submission_error(tmp_path, content, message):
         read_submission(write(tmp_path, content))
     with pytest.raises(SubmissionError):
         check_submission(write(tmp_path, content), SHAPES)
+
+
+# ----------------------------------------------------------------- files Kaggle accepts (issue 11, defect 6)
+
+
+def test_quoted_header_as_r_writes_it(tmp_path):
+    text = '"ImageId","EncodedPixels"\n"a","1 2 5 3"\n"a","9 2"\n"b",""\n"c","11 10"\n'
+    frame = read_submission(write(tmp_path, text))
+    assert frame.index.tolist() == [2, 3, 4, 5]
+    assert check_submission(frame, SHAPES) == []
+
+
+def test_crlf_and_cr_only_line_endings(tmp_path):
+    for newline in ("\r\n", "\r"):
+        text = newline.join((HEADER, *VALID)) + newline
+        frame = read_submission(write(tmp_path, text))
+        assert frame.index.tolist() == [2, 3, 4, 5], newline
+        assert check_submission(frame, SHAPES) == []
+
+
+def test_bom_is_read_with_a_warning(tmp_path):
+    path = write(tmp_path, b"\xef\xbb\xbf" + csv_text(*VALID).encode())
+    with pytest.warns(SubmissionWarning, match="byte-order mark"):
+        frame = read_submission(path)
+    assert check_submission(frame, SHAPES) == []
+
+
+def test_gzip_and_zip_submissions(tmp_path):
+    import gzip
+    import zipfile
+
+    text = csv_text(*VALID).encode()
+    gz = tmp_path / "sub.csv.gz"
+    gz.write_bytes(gzip.compress(text))
+    zipped = tmp_path / "sub.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("sub.csv", text)
+    for path in (gz, zipped):
+        frame = read_submission(path)
+        assert frame.index.tolist() == [2, 3, 4, 5]
+        assert check_submission(frame, SHAPES) == []
+    # Problems in a compressed file name the member.
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("inner.csv", b"ImageId,Foo\na,1 1\n")
+    with pytest.raises(SubmissionError, match=r"sub\.zip:inner\.csv: line 1"):
+        read_submission(zipped)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x1f\x8b\x08\x00garbage", "damaged gzip"),
+        (None, "damaged gzip"),  # truncated
+        (b"PK\x03\x04" + b"\x00" * 40, "damaged or unsupported zip"),
+    ],
+)
+def test_damaged_compressed_submissions(tmp_path, content, message):
+    import gzip
+
+    if content is None:
+        content = gzip.compress(csv_text(*VALID).encode() * 50)[:-30]
+    with pytest.raises(SubmissionError, match=message):
+        read_submission(write(tmp_path, content))
+
+
+def test_zip_with_two_files_is_refused(tmp_path):
+    import zipfile
+
+    path = tmp_path / "two.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a.csv", csv_text(*VALID))
+        zf.writestr("b.csv", csv_text(*VALID))
+    with pytest.raises(SubmissionError, match="exactly one CSV"):
+        read_submission(path)
+
+
+def test_extra_columns_only_when_allowed(tmp_path):
+    path = write(tmp_path, 'ImageId,EncodedPixels,Height,Width\na,1 2,4,5\nb,,3,3\nc,11 10,10,2\n')
+    with pytest.raises(SubmissionError, match="line 1 must be exactly"):
+        read_submission(path)
+    frame = read_submission(path, extra_columns=True)
+    assert frame["EncodedPixels"].tolist() == ["1 2", "", "11 10"]
+    with pytest.raises(SubmissionError, match="line 3: 2 field"):
+        read_submission(write(tmp_path, 'ImageId,EncodedPixels,Height\na,1 2,4\nb,\n'), extra_columns=True)
 
 
 def test_missing_file_and_folder(tmp_path):

@@ -24,6 +24,7 @@ import io
 import os
 import warnings
 import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import IO, Callable, Iterable
@@ -36,11 +37,37 @@ from dsb.data.imagetypes import classify_image
 from dsb.errors import DataError
 from dsb.rle import mask_runs, rle_to_pairs, runs_to_label_map
 
-__all__ = ["DataWarning", "RleTable", "Stage", "open_stage", "read_rle_csv", "stage_summary"]
+__all__ = ["DataWarning", "RleTable", "Stage", "open_stage", "read_rle_csv", "sixteen_bit_scale", "stage_summary"]
 
 
 class DataWarning(UserWarning):
     """The data could be read but is not clean (overlapping or empty masks, stray ids)."""
+
+
+#: What reading a damaged zip member can raise: a bad header or CRC (BadZipFile), corrupt
+#: deflate data (zlib.error), a truncated member (EOFError), an encrypted member
+#: (RuntimeError) or an unsupported compression method (NotImplementedError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+_IMAGE_ERRORS = (UnidentifiedImageError, SyntaxError, ValueError, *_ZIP_ERRORS)
+
+
+def _zip_reason(exc: BaseException) -> str:
+    if isinstance(exc, zlib.error):
+        return f"corrupt compressed data: {exc}"
+    if isinstance(exc, EOFError):
+        return f"truncated data{': ' + str(exc) if str(exc) else ''}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _image_error(what: str, exc: BaseException, size: int | None = None) -> DataError:
+    """A readable message for an image that cannot be decoded (no ``<_io.BytesIO ...>``)."""
+    if size == 0:
+        return DataError(f"{what}: empty file (0 bytes); not a PNG image")
+    if isinstance(exc, UnidentifiedImageError):
+        return DataError(f"{what}: not a readable PNG (not an image file Pillow recognises)")
+    if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError)) and ".zip:" in what:
+        return DataError(f"{what}: cannot read from the zip, damaged member ({_zip_reason(exc)})")
+    return DataError(f"{what}: not a readable PNG ({exc})")
 
 
 # --------------------------------------------------------------------------- RLE CSV
@@ -345,10 +372,16 @@ class _DirSource:
         return [p.relative_to(self.root).as_posix() for p in found if p.is_file()]
 
     def open(self, name: str) -> IO[bytes]:
-        return open(self.root / name, "rb")
+        try:
+            return open(self.root / name, "rb")
+        except OSError as exc:
+            raise DataError(f"{self.describe(name)}: cannot read ({exc.strerror or exc})") from None
 
     def read(self, name: str) -> bytes:
-        return (self.root / name).read_bytes()
+        try:
+            return (self.root / name).read_bytes()
+        except OSError as exc:
+            raise DataError(f"{self.describe(name)}: cannot read ({exc.strerror or exc})") from None
 
     def describe(self, name: str) -> str:
         return str(self.root / name)
@@ -369,8 +402,8 @@ class _ZipSource:
         if self._zf is None or self._pid != os.getpid():
             try:
                 self._zf = zipfile.ZipFile(self.path)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise DataError(f"{self.path}: not a readable zip file ({exc})") from None
+            except (*_ZIP_ERRORS, ValueError) as exc:
+                raise DataError(f"{self.path}: a damaged zip file, not readable ({_zip_reason(exc)})") from None
             self._pid = os.getpid()
         return self._zf
 
@@ -381,13 +414,18 @@ class _ZipSource:
         return [n for n in self._zipfile().namelist() if not n.endswith("/")]
 
     def open(self, name: str) -> IO[bytes]:
-        return self._zipfile().open(name)
+        try:
+            return self._zipfile().open(name)
+        except _ZIP_ERRORS as exc:
+            raise DataError(f"{self.describe(name)}: cannot read from the zip, damaged member "
+                            f"({_zip_reason(exc)})") from None
 
     def read(self, name: str) -> bytes:
         try:
             return self._zipfile().read(name)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise DataError(f"{self.describe(name)}: cannot read from the zip ({exc})") from None
+        except _ZIP_ERRORS as exc:
+            raise DataError(f"{self.describe(name)}: cannot read from the zip, damaged member "
+                            f"({_zip_reason(exc)})") from None
 
     def describe(self, name: str) -> str:
         return f"{self.path}:{name}"
@@ -438,6 +476,7 @@ def _index(names: Iterable[str], where: Path) -> dict[str, tuple[str, tuple[str,
 
 def _decode_png(fh: IO[bytes], what: str) -> np.ndarray:
     """Pixels as ``(H, W, 3)`` uint8 or uint16 (16-bit gray); alpha dropped, gray replicated."""
+    size = fh.getbuffer().nbytes if isinstance(fh, io.BytesIO) else None
     try:
         with Image.open(fh) as im:
             im.load()
@@ -459,8 +498,8 @@ def _decode_png(fh: IO[bytes], what: str) -> np.ndarray:
                 raise DataError(f"{what}: unsupported image mode {mode!r}")
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{what}: not a readable PNG ({exc})") from None
+    except _IMAGE_ERRORS as exc:
+        raise _image_error(what, exc, size) from None
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     if pixels.shape[-1] == 1:
@@ -470,6 +509,7 @@ def _decode_png(fh: IO[bytes], what: str) -> np.ndarray:
 
 def _decode_mask(fh: IO[bytes], what: str) -> np.ndarray:
     """A mask PNG as ``(H, W)`` bool: any nonzero colour channel is foreground."""
+    size = fh.getbuffer().nbytes if isinstance(fh, io.BytesIO) else None
     try:
         with Image.open(fh) as im:
             im.load()
@@ -478,9 +518,32 @@ def _decode_mask(fh: IO[bytes], what: str) -> np.ndarray:
             pixels = np.asarray(im)
             if im.mode in ("LA", "RGBA"):
                 pixels = pixels[..., :-1]
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{what}: not a readable PNG ({exc})") from None
+    except _IMAGE_ERRORS as exc:
+        raise _image_error(what, exc, size) from None
     return pixels.any(axis=-1) if pixels.ndim == 3 else pixels != 0
+
+
+def _stream_size(fh: IO[bytes]) -> int | None:
+    """Size of an open file or zip member, when it can be told cheaply."""
+    try:
+        if isinstance(fh, zipfile.ZipExtFile):
+            return None
+        return os.fstat(fh.fileno()).st_size
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def sixteen_bit_scale(pixels: np.ndarray) -> int:
+    """Full scale of the data in a 16-bit image: ``2**bits - 1`` for the fewest bits
+    (at least 8) that hold its largest value.
+
+    Cameras store 10-, 12- or 14-bit data in 16-bit PNGs; dividing 12-bit data by 65535
+    leaves it within 0..0.06, nearly black, and a model trained on 8-bit images then sees
+    no nuclei. Dividing by the data's own bit depth keeps the absolute scale of images of
+    one camera comparable (no per-image stretch) while using the whole 0..1 range.
+    """
+    peak = int(pixels.max()) if pixels.size else 0
+    return (1 << max(8, peak.bit_length())) - 1
 
 
 # --------------------------------------------------------------------------- stage
@@ -568,11 +631,37 @@ class Stage:
     def image_header(self, image_id: str) -> tuple[tuple[int, int], str]:
         """``((H, W), mode)`` from the PNG header; no pixel is decoded."""
         name = self._entry(image_id)[0]
-        try:
-            with self._source.open(name) as fh, Image.open(fh) as im:
-                return (im.size[1], im.size[0]), im.mode
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{self._source.describe(name)}: not a readable PNG ({exc})") from None
+        what = self._source.describe(name)
+        with self._source.open(name) as fh:
+            try:
+                with Image.open(fh) as im:
+                    return (im.size[1], im.size[0]), im.mode
+            except _IMAGE_ERRORS as exc:
+                raise _image_error(what, exc, _stream_size(fh)) from None
+
+    def check_images(self, progress: Callable[[int], None] | None = None) -> None:
+        """Check every image up front, so a damaged one fails before a long job starts.
+
+        Each PNG's header is read and its chunks' checksums verified (Pillow's
+        ``verify``: the file is read, not decoded), and a zip member's compressed data
+        and CRC are read through. ``progress`` is called with the number checked.
+
+        Raises
+        ------
+        DataError
+            Naming the first image that is empty, truncated, corrupt or not a PNG.
+        """
+        for done, image_id in enumerate(self.image_ids, start=1):
+            name = self._entry(image_id)[0]
+            what = self._source.describe(name)
+            data = self._source.read(name)
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    im.verify()
+            except _IMAGE_ERRORS as exc:
+                raise _image_error(what, exc, len(data)) from None
+            if progress is not None:
+                progress(done)
 
     def image_shape(self, image_id: str) -> tuple[int, int]:
         """``(H, W)`` from the PNG header (no pixel decoding)."""
@@ -590,19 +679,23 @@ class Stage:
         """The image as float32 ``(H, W, 3)`` in ``[0, 1]``.
 
         Normalisation: an alpha channel (RGBA, gray+alpha) is dropped; gray is
-        replicated to three channels; 8-bit values are divided by 255 and 16-bit gray
-        values by 65535 (no per-image contrast stretch); palette and other modes are
-        converted to RGB by Pillow first.
+        replicated to three channels; 8-bit values are divided by 255; 16-bit gray values
+        by the full scale of the bits the image really uses (:func:`sixteen_bit_scale`:
+        4095 for 12-bit data stored in a 16-bit PNG, 65535 for full 16-bit data; no
+        per-image contrast stretch); palette and other modes are converted to RGB by
+        Pillow first.
         """
         pixels = self._pixels(image_id)
-        scale = 65535.0 if pixels.dtype == np.uint16 else 255.0
+        scale = sixteen_bit_scale(pixels) if pixels.dtype == np.uint16 else 255
         return pixels.astype(np.float32) / np.float32(scale)
 
     def read_image_uint8(self, image_id: str) -> np.ndarray:
-        """The image as uint8 ``(H, W, 3)`` for overlays (16-bit rounded to 8 bits)."""
+        """The image as uint8 ``(H, W, 3)`` (what training and overlays use); 16-bit
+        images are scaled as in :meth:`read_image`, then rounded to 8 bits."""
         pixels = self._pixels(image_id)
         if pixels.dtype == np.uint16:
-            pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+            scale = sixteen_bit_scale(pixels)
+            pixels = ((pixels.astype(np.uint64) * 255 + scale // 2) // scale).astype(np.uint8)
         return pixels
 
     def read_label_map(self, image_id: str) -> np.ndarray:
@@ -688,6 +781,16 @@ def open_stage(path: str | os.PathLike, labels: str | os.PathLike | None = "mask
         source: _DirSource | _ZipSource = _DirSource(path)
     elif path.is_file():
         if not zipfile.is_zipfile(path):
+            try:
+                with open(path, "rb") as fh:
+                    magic = fh.read(4)
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            if magic.startswith(b"PK") or path.suffix.lower() == ".zip":
+                raise DataError(
+                    f"{path}: a damaged zip file (no end-of-archive record: truncated or "
+                    "incompletely downloaded?); download it again"
+                )
             raise DataError(f"{path}: not a folder or a zip file")
         source = _ZipSource(path)
     else:

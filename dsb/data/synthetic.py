@@ -39,7 +39,7 @@ from scipy import ndimage
 from dsb.data.imagetypes import IMAGE_TYPES
 from dsb.errors import DataError
 from dsb.rle import label_map_to_rows
-from dsb.utils import atomic_write
+from dsb.utils import _umask, atomic_write
 
 __all__ = [
     "SHAPES",
@@ -376,7 +376,10 @@ def write_synthetic_dataset(
         raise DataError(f"{existing[0]} already exists (pass overwrite=True / --overwrite to replace it)")
     if as_zip and out.is_dir():
         raise DataError(f"{out} is a folder; cannot replace it with a zip")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{out}: cannot create its folder {out.parent} ({exc.strerror or exc})") from None
 
     n_public = int(round(n * public_fraction))
     rows: list[tuple[str, str, int, int, str]] = []
@@ -412,6 +415,8 @@ def write_synthetic_dataset(
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         try:
+            # mkdtemp makes 0700 folders; the dataset gets what mkdir would give (umask).
+            os.chmod(tmp, 0o777 & ~_umask())
 
             def put(name: str, data: bytes) -> None:
                 target = tmp / name
