@@ -243,6 +243,20 @@ def write_oof(fold_dir: Path, probs: dict[str, np.ndarray]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def update_ema(ema: torch.optim.swa_utils.AveragedModel, model: nn.Module) -> None:
+    """One EMA step of the weights, and the live model's BatchNorm statistics copied over.
+
+    ``AveragedModel`` averages parameters only: its buffers stay as they were when it was
+    made, which for a model trained from scratch are BatchNorm's initial statistics (mean 0,
+    variance 1), and the EMA model then predicts nothing in eval mode. Copying the running
+    statistics (as timm's EMA does for buffers) keeps them those of the current weights.
+    """
+    ema.update_parameters(model)
+    with torch.no_grad():
+        for averaged, live in zip(ema.module.buffers(), model.buffers()):
+            averaged.copy_(live)
+
+
 # ----------------------------------------------------------------------------- training
 @dataclass
 class EpochRecord:
@@ -534,7 +548,7 @@ def train_fold(
             scaler.update()
             scheduler.step()
             if ema is not None:
-                ema.update_parameters(model)
+                update_ema(ema, model)
             loss_sum += float(loss.detach()) * images.shape[0]
             seen += images.shape[0]
             if on_step is not None and dist.is_main:

@@ -26,3 +26,16 @@ def real_data() -> Path:
     if path is None:
         pytest.skip("real DSB2018 data not present (set DSB_DATA or place ../shared/dsb2018)")
     return path
+
+
+def pytest_report_header(config):
+    """Say which precision `train.amp: auto` trains in on this CPU (tests that train with it
+    run in that precision; the precision tests force fp32 and bf16 and say so in their names)."""
+    from dsb.train import autocast_dtype, cpu_has_native_bf16
+
+    import torch
+
+    auto = autocast_dtype("auto", torch.device("cpu"))
+    name = "bf16 autocast" if auto == torch.bfloat16 else "fp32"
+    native = "native bf16 (AVX512-BF16/AMX)" if cpu_has_native_bf16() else "no native bf16"
+    return f"dsb: train.amp=auto trains in {name} on this CPU ({native}); inference runs in fp32"

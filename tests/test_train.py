@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from dsb.config import config_from_dict, save_config
 from dsb.errors import ConfigError
 from dsb.data.dataset import EpochDataset
-from dsb.train import SegLoss, evaluate_samples, load_samples, train_fold
+from dsb.train import SegLoss, autocast_dtype, evaluate_samples, load_samples, train_fold
 
 TINY = {
     "name": "tiny",
@@ -68,23 +69,87 @@ def test_loss_is_lower_for_right_answers():
     assert loss([good, good], targets) == pytest.approx(float(loss(good, targets)))
 
 
-def test_short_training_beats_an_untrained_model(tmp_path, samples):
+#: What `train.amp: auto` trains in on this CPU: bf16 with native bf16, else fp32. The
+#: learning test runs in it (its id says which); the fit-a-batch test forces both.
+AUTO_PRECISION = "bf16" if autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
+
+
+def learning_cfg(**train):
+    """A small but real recipe (the demo's model and crops, 24 synthetic images so 6 are
+    held out): it reaches a validation mAP of about 0.47 in fp32 and in bf16, on CPUs with
+    AVX512 and AVX2 kernels alike."""
+    data = json.loads(json.dumps(TINY))
+    data["data"]["synthetic_n"] = 24
+    data["model"]["decoder_channels"] = [64, 32, 16, 16, 16]
+    data["augment"]["crop_px"] = 128
+    data["loss"] = {"channel_weights": [1.0, 0.5, 0.5]}
+    data["train"].update(epochs=24, steps_per_epoch=8, val_every=4, **train)
+    return config_from_dict(data)
+
+
+@pytest.mark.parametrize("precision", [AUTO_PRECISION])
+def test_short_training_beats_an_untrained_model(precision, tmp_path):
     from dsb.models import build_model
 
-    cfg = tiny_cfg()
+    cfg = learning_cfg()
+    assert autocast_dtype(cfg.train.amp, torch.device("cpu")) == (torch.bfloat16 if precision == "bf16" else None)
+    samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
     result = train_fold(cfg, tmp_path / "run", 0, samples)
     fold_dir = tmp_path / "run" / "fold0"
     val = [s for s in samples if s.image_id in {p.stem for p in (fold_dir / "oof").glob("*.npy")}]
-    assert val, "out-of-fold maps are written for the held-out images"
+    assert len(val) == 6, "out-of-fold maps are written for the held-out images"
     torch.manual_seed(0)
     untrained, _, _ = evaluate_samples(build_model(cfg), val, cfg, torch.device("cpu"))
-    assert result.best_map > untrained + 0.25, (result.best_map, untrained)
+    # measured: best 0.477 (fp32) and 0.475 (bf16), untrained 0.0
+    assert result.best_map > untrained + 0.25, (precision, result.best_map, untrained)
     assert (fold_dir / "best.pt").is_file() and (fold_dir / "last.pt").is_file()
     history = [json.loads(line) for line in (fold_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == list(range(cfg.train.epochs))
     assert history[-1]["loss"] < history[0]["loss"]
     folds = (tmp_path / "run" / "folds.csv").read_text()
     assert folds.startswith("image_id,image_type,fold")
+
+
+#: train.amp values of the two precisions every CPU is tested in (bf16 is emulated, and slow,
+#: on CPUs without native bf16, so the test that forces it stays small).
+PRECISIONS = {"fp32": "off", "bf16": "bf16"}
+
+
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_training_step_fits_a_batch_in_each_precision(precision, samples):
+    """The training step of `train_fold` (autocast as train.amp says, the loss in fp32,
+    AdamW, gradient clipping) fits a fixed batch in fp32 and in bf16 on any CPU."""
+    from dsb.models import build_model
+    from dsb.train import autocast, autocast_dtype, seed_everything
+
+    cfg = tiny_cfg(amp=PRECISIONS[precision])
+    dtype = autocast_dtype(cfg.train.amp, torch.device("cpu"))
+    assert dtype == (torch.bfloat16 if precision == "bf16" else None)
+    data = EpochDataset(samples, dataclasses.replace(cfg.augment, crop_px=64), cfg.targets, length=4, seed=0)
+    images = torch.stack([data[i][0] for i in range(4)])
+    targets = torch.stack([data[i][1] for i in range(4)])
+    seed_everything(0)
+    model = build_model(cfg).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loss_fn = SegLoss(cfg.loss.channel_weights)
+    losses = []
+    for _ in range(30):
+        with autocast(torch.device("cpu"), dtype):
+            outputs = model(images)
+        loss = loss_fn(outputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert all(map(np.isfinite, losses))
+    # measured: 1.62 -> 0.81 in both precisions, with AVX512 and AVX2 kernels
+    assert losses[-1] < 0.6 * losses[0], (precision, losses[0], losses[-1])
+    with torch.no_grad():
+        body = torch.sigmoid(model.eval()(images))[:, 0] > 0.5
+    truth = targets[:, 0] > 0.5
+    iou = float((body & truth).sum() / (body | truth).sum())
+    assert iou > 0.7, (precision, iou)  # measured 0.83-0.87
 
 
 def _state(path):
@@ -216,3 +281,22 @@ def test_warm_restart_starts_from_the_same_folds_models(tmp_path, samples):
     wider["train"].update(init_from=str(first), epochs=1, steps_per_epoch=1)
     with pytest.raises(CheckpointError, match="does not fit this config's model"):
         train_fold(config_from_dict(wider), tmp_path / "wider", 1, samples)
+
+
+def test_ema_model_keeps_the_live_batchnorm_statistics():
+    """An EMA of a model trained from scratch must predict with the current BatchNorm
+    statistics, not the initial ones (AveragedModel averages parameters only)."""
+    from dsb.models import build_model
+    from dsb.train import update_ema
+
+    cfg = tiny_cfg()
+    model = build_model(cfg).train()
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(2, 3, 64, 64) * 5 + 2)  # moves the running statistics far from (0, 1)
+    update_ema(ema, model)
+    live = [b for b in model.buffers() if b.is_floating_point()]
+    averaged = [b for b in ema.module.buffers() if b.is_floating_point()]
+    assert live and all(torch.equal(a, b) for a, b in zip(averaged, live))
+    assert any(float(b.abs().max()) > 1.5 for b in live)  # the statistics did move
