@@ -3,6 +3,7 @@ the second pass runs at that scale, and its probabilities come back on the image
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 
 import numpy as np
@@ -96,3 +97,29 @@ def test_bad_rescale_settings_are_config_errors():
     for infer in ({"rescale_area_px": -1.0}, {"rescale_min": 1.5}, {"rescale_max": 0.9}, {"rescale_min": 0.0}):
         with pytest.raises(ConfigError, match="infer.rescale_"):
             config_from_dict({"infer": infer})
+
+
+class SizeBiasedPredictor(ThresholdPredictor):
+    """A 'model' trained on one nucleus size: at scale 1 it sees each nucleus as four
+    quarter-size ones (splits them), so its first size estimate is too small; at a scale near
+    the right one it sees them whole."""
+
+    def predict(self, image):
+        probs = super().predict(image)
+        if image.shape[0] < 150:  # not upscaled enough: cut every nucleus into quarters
+            probs = probs.copy()
+            probs[:, ::8, :] = 0.0
+            probs[:, :, ::8] = 0.0
+        return probs
+
+
+def test_more_passes_refine_a_rough_first_estimate():
+    image = _discs(radius=5)  # 4 nuclei of about 80 px
+    infer = InferConfig(rescale_area_px=320.0, rescale_min=0.5, rescale_max=4.0)
+    one = SizeBiasedPredictor()
+    _, first = predict_rescaled(one, image, CHANNELS, POST, infer)
+    two = SizeBiasedPredictor()
+    probs, refined = predict_rescaled(two, image, CHANNELS, POST, dataclasses.replace(infer, rescale_passes=3))
+    assert first > 2.0 * 1.1  # the split nuclei looked smaller than they are: scale too large
+    assert refined == pytest.approx(2.0, rel=0.1)  # sqrt(320 / 80), measured on whole nuclei
+    assert len(two.shapes) == len(one.shapes) + 1 and probs.shape == (1, *image.shape[:2])
