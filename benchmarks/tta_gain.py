@@ -32,6 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import pandas as pd  # noqa: E402
+
+from dsb.evaluate import bootstrap_interval  # noqa: E402
 from dsb.infer.pipeline import predict_stage  # noqa: E402
 from dsb.metrics import DatasetScore, image_score  # noqa: E402
 from dsb.models.checkpoint import load_model  # noqa: E402
@@ -46,6 +49,9 @@ def main() -> None:
     parser.add_argument("--rescale-area", nargs="+", type=float, default=[0.0],
                         help="infer.rescale_area_px values to compare (0: off)")
     parser.add_argument("--rescale-max", type=float, default=None, help="infer.rescale_max (default: the run's)")
+    parser.add_argument("--rescale-min", type=float, default=None, help="infer.rescale_min (default: the run's)")
+    parser.add_argument("--rescale-passes", nargs="+", type=int, default=[0],
+                        help="infer.rescale_passes values to compare (0: the run's)")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
     parser.add_argument("--data", type=Path, default=None,
                         help="shipped set only: folder holding the training zip and labels CSV it was trained on")
@@ -53,8 +59,9 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg, stage, entries = held_out_folds(args.source, args.folds, args.data)
-    settings = list(itertools.product(args.tta, args.rescale_area))
-    names = [f"{tta}" + (f" rescale {area:g}" if area else "") for tta, area in settings]
+    settings = list(itertools.product(args.tta, args.rescale_area, args.rescale_passes))
+    names = [f"{tta}" + (f" rescale {area:g}" if area else "") + (f" x{passes}" if area and passes else "")
+             for tta, area, passes in settings]
     scores: dict[str, list] = {n: [] for n in names}
     seconds = {n: 0.0 for n in names}
     upscaled = {n: 0 for n in names}
@@ -70,9 +77,11 @@ def main() -> None:
         truth = {i: stage.read_label_map(i) for i in ids}
         types.update(entry.types(stage, ids))
         with tempfile.TemporaryDirectory() as tmp:
-            for name, (tta, area) in zip(names, settings):
+            for name, (tta, area, passes) in zip(names, settings):
                 infer = dataclasses.replace(cfg.infer, rescale_area_px=area,
-                                            rescale_max=args.rescale_max or cfg.infer.rescale_max)
+                                            rescale_max=args.rescale_max or cfg.infer.rescale_max,
+                                            rescale_min=args.rescale_min or cfg.infer.rescale_min,
+                                            rescale_passes=passes or cfg.infer.rescale_passes)
                 run_cfg = dataclasses.replace(cfg, infer=infer)
                 summary = predict_stage([model], run_cfg, stage, Path(tmp) / "sub.csv", tta=tta, image_ids=ids,
                                         keep_label_maps=True)
@@ -85,25 +94,39 @@ def main() -> None:
 
     n_images = len(scores[names[0]])
     type_names = sorted(set(types.values()))
+    group_of = experiment_groups(args.source)
     rows = []
     for name in names:
         overall = DatasetScore.from_images(scores[name])
         per_type = {t: DatasetScore.from_images(s for s in scores[name] if types[s.image_id] == t).map for t in type_names}
-        rows.append({"setting": name, "map": overall.map, "per_type": per_type, "s_per_image": seconds[name] / n_images,
-                     "rescaled_images": upscaled[name]})
+        interval = bootstrap_interval([s.score for s in scores[name]],
+                                      [group_of.get(s.image_id, s.image_id) for s in scores[name]])
+        rows.append({"setting": name, "map": overall.map, "interval_95": interval, "per_type": per_type,
+                     "s_per_image": seconds[name] / n_images, "rescaled_images": upscaled[name]})
     base = rows[0]
     print(f"\nfolds {fold_list} of {args.source} (best epochs {epochs}), {n_images} held-out images;"
           f" baseline: {base['setting']}")
-    print(f"{'setting':>18} {'mAP':>7} {'gain':>7} {'s/img':>6} {'x time':>7} {'rescaled':>8}  "
+    print(f"{'setting':>22} {'mAP':>7} {'95% interval':>15} {'gain':>7} {'s/img':>6} {'x time':>7} {'rescaled':>8}  "
           + "  ".join(f"{t:>13}" for t in type_names))
     for r in rows:
-        print(f"{r['setting']:>18} {r['map']:7.4f} {r['map'] - base['map']:+7.4f} {r['s_per_image']:6.2f} "
+        lo, hi = r["interval_95"]
+        print(f"{r['setting']:>22} {r['map']:7.4f} {lo:7.4f}-{hi:.4f} {r['map'] - base['map']:+7.4f} {r['s_per_image']:6.2f} "
               f"{r['s_per_image'] / base['s_per_image']:7.2f} {r['rescaled_images']:8d}  "
               + "  ".join(f"{r['per_type'][t]:13.4f}" for t in type_names))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"run": str(args.source), "folds": fold_list, "n_images": n_images,
                                     "baseline": base["setting"], "rows": rows}, indent=2))
     print(f"wrote {args.out}")
+
+
+def experiment_groups(source: str) -> dict[str, str]:
+    """``{image_id: group}`` from a run folder's grouped ``folds.csv`` (empty otherwise: the
+    interval then resamples images)."""
+    folds = Path(source) / "folds.csv"
+    if not folds.is_file():
+        return {}
+    frame = pd.read_csv(folds, dtype=str)
+    return dict(zip(frame["image_id"], frame["group"])) if "group" in frame.columns else {}
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def export_run(
     run_dir: Path, name: str, weights_dir: Path, max_total_mb: float = 40.0, oof_map: Optional[float] = None,
     folds: Optional[Sequence[int]] = None, held_out_map: Optional[dict[int, float]] = None, full: bool = False,
     overrides: Sequence[str] = (),
+    oof_summary: Optional[dict] = None,
 ) -> Path:
     """Write ``weights_dir/name/fold<k>.pt`` (fp16) and ``manifest.json``; returns the folder.
 
@@ -78,6 +79,9 @@ def export_run(
 
     ``full`` ships the model trained on every image (``full/best.pt``, from ``dsb train
     --full``) instead; the folds' out-of-fold mAP is then recorded as its estimate.
+
+    ``oof_summary`` (the out-of-fold estimate: interval, what it resampled, per image type,
+    how the folds were made) is recorded as the manifest's ``oof``.
 
     ``overrides`` (``infer.key=value`` or ``postprocess.key=value``) change how the shipped
     set predicts, e.g. ``infer.rescale_area_px=700``; they are recorded in the manifest.
@@ -140,6 +144,8 @@ def export_run(
             "total_mb": round(total_mb, 2),
             "data_sha256": {str(p): file_sha256(p) for p in data_files},
             "oof_map": oof_map,
+            "folds_method": run_cfg.folds.method,
+            **({"oof": oof_summary} if oof_summary else {}),
             "held_out_map_per_fold": None if held_out_map is None else {str(k): v for k, v in sorted(held_out_map.items())},
             "config": run_cfg.to_dict(),
             **({"export_overrides": list(overrides)} if overrides else {}),

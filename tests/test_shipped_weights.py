@@ -13,7 +13,7 @@ import torch
 from dsb.export import MANIFEST, file_sha256
 from dsb.infer.pipeline import WEIGHTS_DIR, resolve_checkpoints
 
-SHIPPED = "unetpp_r18_cpu"
+SHIPPED = "unetpp_r18_grouped"
 SET_DIR = WEIGHTS_DIR / SHIPPED
 
 
@@ -26,11 +26,13 @@ def test_the_set_is_complete_and_within_40_mb(manifest):
     files = sorted(p.name for p in SET_DIR.iterdir())
     assert files == sorted([MANIFEST, *(f["file"] for f in manifest["folds"])])
     assert sum(p.stat().st_size for p in SET_DIR.iterdir()) <= 40 * 2**20
-    # the second stage of the CPU recipe, warm-restarted from the first
-    assert manifest["command"].startswith("dsb train --config configs/unetpp_cpu_restart.yaml")
-    assert manifest["config"]["name"] == "unetpp_cpu_restart"
-    assert manifest["starts_from"]["command"].startswith("dsb train --config configs/unetpp_cpu.yaml")
-    assert manifest["starts_from"]["config"]["name"] == "unetpp_cpu"
+    # the generalising CPU recipe, on folds that hold out whole experiments
+    assert manifest["command"].startswith("dsb train --config configs/unetpp_cpu_grouped.yaml")
+    assert manifest["config"]["name"] == "unetpp_cpu_grouped"
+    assert manifest["folds_method"] == "grouped" == manifest["config"]["folds"]["method"]
+    assert manifest["config"]["augment"]["normalize_area_px"] == manifest["config"]["infer"]["rescale_area_px"]
+    lo, hi = manifest["oof"]["interval_95"]
+    assert lo < manifest["oof_map"] < hi and manifest["oof"]["interval_over"] == "groups"
     assert manifest["config"]["infer"]["rescale_area_px"] > 0  # predicts with size-adaptive rescaling
     assert 0.0 < manifest["oof_map"] < 1.0
     assert {Path(p).name for p in manifest["data_sha256"]} == {"stage1_train.zip", "stage1_train_labels_fixed.csv"}
