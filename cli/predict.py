@@ -213,14 +213,22 @@ def register(app: typer.Typer) -> None:
             from dsb.evaluate import load_run_config
 
             override_config(load_run_config(run_dir), set_, sections=("infer", "postprocess"))  # bad --set fails here too
-        oof_map = held_out = None
+        oof_map = held_out = summary = None
         if (run_dir / "folds.csv").is_file() and any(run_dir.glob("fold*/oof/*.npy")):
             console.print("scoring the out-of-fold predictions ...")
             report = evaluate_run(run_dir)
             oof_map = float(report.score.map)
             held_out = {int(r.fold): float(r.map) for r in report.per_fold.itertuples()}
+            summary = {
+                "map": oof_map, "interval_95": [round(v, 4) for v in report.interval],
+                "interval_over": report.interval_unit, "n_images": int(report.score.n_images),
+                "n_groups": report.n_groups,
+                "per_type": {r.image_type: {"n_images": int(r.n_images), "map": round(float(r.map), 4)}
+                             for r in report.per_type.itertuples()},
+                "area_ratio": report.error_kinds.get("area_ratio"),
+            }
         out = export_run(run_dir, name, weights_dir, oof_map=oof_map, folds=chosen, held_out_map=held_out, full=full,
-                         overrides=set_ or ())
+                         overrides=set_ or (), oof_summary=summary)
         console.print(f"exported {run_dir} -> [bold]{out}[/]", soft_wrap=True)
         if oof_map is not None:
             console.print(f"out-of-fold mAP {oof_map:.4f}{' (the estimate for the full-data model)' if full else ''}; held out per fold: "
