@@ -17,6 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
 
+def _finite_or_none(value):
+    return value if isinstance(value, float) and value == value and abs(value) != float("inf") else None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("predict")
     @dsb_command
@@ -225,7 +229,7 @@ def register(app: typer.Typer) -> None:
                 "n_groups": report.n_groups,
                 "per_type": {r.image_type: {"n_images": int(r.n_images), "map": round(float(r.map), 4)}
                              for r in report.per_type.itertuples()},
-                "area_ratio": report.error_kinds.get("area_ratio"),
+                "area_ratio": _finite_or_none(report.error_kinds.get("area_ratio")),
             }
         out = export_run(run_dir, name, weights_dir, oof_map=oof_map, folds=chosen, held_out_map=held_out, full=full,
                          overrides=set_ or (), oof_summary=summary)
