@@ -29,6 +29,7 @@ from cli import data as _data; _data.register(app)
 from cli import train as _train; _train.register(app)
 from cli import predict as _predict; _predict.register(app)
 from cli import score as _score; _score.register(app)
+from cli import segment as _segment; _segment.register(app)
 # --- end command modules ---
 
 

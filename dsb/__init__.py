@@ -9,3 +9,12 @@ the competition metric (:mod:`dsb.metrics`), submission validation
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``dsb.segment(image)`` without importing torch at ``import dsb``.
+    if name == "segment":
+        from dsb.segmentation import segment
+
+        return segment
+    raise AttributeError(f"module 'dsb' has no attribute {name!r}")

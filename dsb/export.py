@@ -92,6 +92,7 @@ def export_run(
     from dsb.config import override_config
     from dsb.evaluate import TUNED_FILE, load_run_config
     from dsb.models.checkpoint import load_model, save_checkpoint
+    from dsb.postprocess.filter import FILTER_FILE, load_filter
 
     run_dir = Path(run_dir)
     bests = select_checkpoints(run_dir, folds, full)
@@ -122,7 +123,14 @@ def export_run(
             for entry in shipped:
                 k = int(entry["fold"][4:])
                 entry["held_out_ids"] = sorted(table.loc[table["fold"] == k, "image_id"].tolist())
-        total_mb = sum(f["bytes"] for f in shipped) / 2**20
+        instance_filter = None
+        if (run_dir / FILTER_FILE).is_file():
+            # The instance filter that `dsb tune` fitted on the run's out-of-fold predictions.
+            kept = load_filter(run_dir / FILTER_FILE)
+            shutil.copyfile(run_dir / FILTER_FILE, staging / FILTER_FILE)
+            instance_filter = {"file": FILTER_FILE, "threshold": kept.threshold,
+                               "bytes": (staging / FILTER_FILE).stat().st_size}
+        total_mb = (sum(f["bytes"] for f in shipped) + (instance_filter or {}).get("bytes", 0)) / 2**20
         if total_mb > max_total_mb:
             raise CheckpointError(f"{run_dir}: the set is {total_mb:.1f} MB, over the {max_total_mb:.0f} MB limit")
         data_files = [Path(p) for p in (run_cfg.data.path, run_cfg.data.labels) if Path(p).is_file()]
@@ -145,6 +153,7 @@ def export_run(
             "data_sha256": {str(p): file_sha256(p) for p in data_files},
             "oof_map": oof_map,
             "folds_method": run_cfg.folds.method,
+            **({"instance_filter": instance_filter} if instance_filter else {}),
             **({"oof": oof_summary} if oof_summary else {}),
             "held_out_map_per_fold": None if held_out_map is None else {str(k): v for k, v in sorted(held_out_map.items())},
             "config": run_cfg.to_dict(),

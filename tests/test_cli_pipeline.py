@@ -108,6 +108,9 @@ def test_tune_writes_thresholds_that_do_not_lower_the_score(trained_run):
     assert tuned["oof_map_before"] == pytest.approx(before, abs=1e-6)
     after = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)["map"]
     assert after == pytest.approx(tuned["oof_map"], abs=1e-6)  # evaluate applies the tuned values
+    # the instance filter is fitted and judged out of fold; kept only when it helps
+    assert "instance filter: out-of-fold mAP" in res.output
+    assert (run / "instance_filter.pkl").is_file() == ("wrote " + str(run / "instance_filter.pkl") in res.output)
 
 
 def test_predict_writes_a_valid_submission_with_probs_and_overlays(trained_run):
@@ -213,7 +216,10 @@ def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatc
     res = runner.invoke(app, ["export", str(run), "y", "--folds", "1", "--weights-dir", str(weights)])
     assert res.exit_code == 2 and "fold(s) [1]" in res.output and not (weights / "y").exists()
     res = runner.invoke(app, ["export", str(run), "z", "--folds", "0", "--weights-dir", str(weights)])
-    assert res.exit_code == 0 and sorted(p.name for p in (weights / "z").iterdir()) == ["fold0.pt", "manifest.json"]
+    has_filter = (run / "instance_filter.pkl").is_file()  # when `dsb tune` found one that helps
+    shipped = ["fold0.pt", "manifest.json"] + (["instance_filter.pkl"] if has_filter else [])
+    assert res.exit_code == 0 and sorted(p.name for p in (weights / "z").iterdir()) == sorted(shipped)
+    assert ("instance_filter" in json.loads((weights / "z" / "manifest.json").read_text())) == has_filter
     res = runner.invoke(app, ["export", str(run), "r", "--set", "infer.rescale_area_px=300", "--weights-dir", str(weights)])
     assert res.exit_code == 0, res.output
     manifest = json.loads((weights / "r" / "manifest.json").read_text())

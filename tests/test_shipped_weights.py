@@ -24,7 +24,8 @@ def manifest() -> dict:
 
 def test_the_set_is_complete_and_within_40_mb(manifest):
     files = sorted(p.name for p in SET_DIR.iterdir())
-    assert files == sorted([MANIFEST, *(f["file"] for f in manifest["folds"])])
+    extra = [manifest["instance_filter"]["file"]] if "instance_filter" in manifest else []
+    assert files == sorted([MANIFEST, *(f["file"] for f in manifest["folds"]), *extra])
     assert sum(p.stat().st_size for p in SET_DIR.iterdir()) <= 40 * 2**20
     # the generalising CPU recipe, on folds that hold out whole experiments
     assert manifest["command"].startswith("dsb train --config configs/unetpp_cpu_grouped.yaml")

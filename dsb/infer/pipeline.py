@@ -61,12 +61,27 @@ class PredictionSummary:
     scales: dict[str, float] = field(default_factory=dict)
 
 
-def _postprocess(image_id, probs, channels, post_cfg, keep_image, overlays_dir, want_overlay):
+def find_instance_filter(checkpoints: Sequence[Path]):
+    """The instance filter (:mod:`dsb.postprocess.filter`) shipped beside ``checkpoints``:
+    ``instance_filter.pkl`` in a shipped set's folder or a run folder (above ``fold<k>/``);
+    None if there is none."""
+    from dsb.postprocess.filter import FILTER_FILE, load_filter
+
+    for path in checkpoints:
+        for folder in (Path(path).parent, Path(path).parent.parent):
+            if (folder / FILTER_FILE).is_file():
+                return load_filter(folder / FILTER_FILE)
+    return None
+
+
+def _postprocess(image_id, probs, channels, post_cfg, keep_image, overlays_dir, want_overlay, instance_filter=None):
     from dsb.postprocess import labels_from_probs
     from dsb.rle import label_map_to_rows
 
     t0 = time.perf_counter()
     label_map = labels_from_probs(probs, channels, post_cfg)
+    if instance_filter is not None:
+        label_map = instance_filter.apply(label_map, probs)
     rows = label_map_to_rows(image_id, label_map)
     overlay_path = None
     if want_overlay and overlays_dir is not None:
@@ -91,12 +106,14 @@ def predict_stage(
     keep_label_maps: bool = False,
     workers: Optional[int] = None,
     on_image: Optional[Callable[[str, int], None]] = None,
+    instance_filter=None,
 ) -> PredictionSummary:
     """Predict every image of ``stage`` and write a validated submission to ``out_csv``.
 
     ``cfg`` supplies the target channels, inference and postprocessing settings
     (usually the checkpoint's own config, possibly with tuned thresholds); ``tta``
-    overrides ``cfg.infer.tta``. Writing is atomic and the file is validated before it
+    overrides ``cfg.infer.tta``; ``instance_filter`` (an
+    :class:`~dsb.postprocess.filter.InstanceFilter`) drops instances it predicts false. Writing is atomic and the file is validated before it
     is written (every image gets a row, empty where nothing was found).
     """
     from dsb.data.dataset import prepare_image
@@ -148,7 +165,7 @@ def predict_stage(
             want_overlay = max_overlays is None or index < max_overlays
             pending.append(pool.submit(
                 _postprocess, image_id, probs, cfg.targets.channels, cfg.postprocess,
-                raw if want_overlay else None, overlays_dir, want_overlay,
+                raw if want_overlay else None, overlays_dir, want_overlay, instance_filter,
             ))
             # Bound the queue so memory stays flat: at most 2 images per worker in flight.
             drain(2 * workers)
