@@ -122,7 +122,7 @@ def make_big_image(path: Path, side: int, seed: int = 0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("DSB_DATA", REPO.parent / "shared" / "dsb2018")))
-    parser.add_argument("--checkpoint", default="unetpp_r18_cpu")
+    parser.add_argument("--checkpoint", default="unetpp_r18_grouped")
     parser.add_argument("--tta", default="none")
     parser.add_argument("--n", type=int, default=65, help="stage-1 test images")
     parser.add_argument("--big-px", type=int, default=10_000, help="side of the large image (0: skip)")
