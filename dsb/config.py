@@ -302,7 +302,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.epochs": (1, _INF, False, True),
     "train.batch_size": (1, _INF, False, True),
     "train.steps_per_epoch": (0, _INF, False, True),
-    "train.lr": (0, _INF, True, True),
+    "train.lr": (0, _INF, False, True),  # 0 freezes the weights (a warm restart that only re-validates)
     "train.weight_decay": (0, _INF, False, True),
     "train.warmup_epochs": (0, _INF, False, True),
     "train.grad_clip": (0, _INF, False, True),

@@ -71,8 +71,7 @@ def demo_config(tmp_path: Path, **changes) -> Path:
 @pytest.mark.parametrize(
     "key, value, range_text",
     [
-        ("train.lr", -0.1, "> 0"),
-        ("train.lr", 0, "> 0"),
+        ("train.lr", -0.1, ">= 0"),
         ("train.batch_size", 0, ">= 1"),
         ("train.steps_per_epoch", -3, ">= 0"),
         ("train.epochs", 0, ">= 1"),  # defect 2: used to exit 0 naming a best.pt that does not exist

@@ -114,7 +114,7 @@ def test_every_range_is_checked_and_named():
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("train.lr", -0.001, r"train\.lr: -0\.001 is out of range; must be > 0"),
+        ("train.lr", -0.001, r"train\.lr: -0\.001 is out of range; must be >= 0"),
         ("train.epochs", 0, r"train\.epochs: 0 is out of range; must be >= 1"),
         ("train.batch_size", 0, r"train\.batch_size: 0 is out of range; must be >= 1"),
         ("train.steps_per_epoch", -1, r"train\.steps_per_epoch: -1 is out of range; must be >= 0"),
