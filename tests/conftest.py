@@ -28,9 +28,7 @@ def real_data() -> Path:
     return path
 
 
-def pytest_report_header(config):
-    """Say which precision `train.amp: auto` trains in on this CPU (tests that train with it
-    run in that precision; the precision tests force fp32 and bf16 and say so in their names)."""
+def _precision_line() -> str:
     from dsb.train import autocast_dtype, cpu_has_native_bf16
 
     import torch
@@ -39,3 +37,14 @@ def pytest_report_header(config):
     name = "bf16 autocast" if auto == torch.bfloat16 else "fp32"
     native = "native bf16 (AVX512-BF16/AMX)" if cpu_has_native_bf16() else "no native bf16"
     return f"dsb: train.amp=auto trains in {name} on this CPU ({native}); inference runs in fp32"
+
+
+def pytest_report_header(config):
+    """Say which precision `train.amp: auto` trains in on this CPU (tests that train with it
+    run in that precision; the precision tests force fp32 and bf16 and say so in their names)."""
+    return _precision_line()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The same line at the end, where `pytest -q` (which hides the header) shows it too."""
+    terminalreporter.write_line(_precision_line())
