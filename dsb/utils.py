@@ -50,14 +50,21 @@ def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
         raise DsbError(f"{what} {path}: exists and is not a regular file")
     if not path.name or path.name in (".", ".."):
         raise DsbError(f"{what} {path}: not a file name")
-    parent = path.parent
+    _check_writable_above(path, path.parent, what)
+    return path
+
+
+def _check_writable_above(path: Path, start: Path, what: str) -> None:
+    """The nearest existing folder at or above ``start`` must be a writable folder."""
+    from dsb.errors import DsbError
+
+    parent = start
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise DsbError(f"{what} {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DsbError(f"{what} {path}: the folder {parent} is not writable")
-    return path
 
 
 def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
@@ -67,13 +74,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DsbError(f"{what} {path}: exists and is not a folder")
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise DsbError(f"{what} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DsbError(f"{what} {path}: the folder {parent} is not writable")
+    _check_writable_above(path, path, what)
     return path
 
 
