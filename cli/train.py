@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         same recipe on every image into RUN_DIR/full/ (for shipping; the folds'
         out-of-fold score estimates it); give it the cross-validation run's folder.
         """
-        from dsb.train import FULL_DIR, check_run_config, load_samples, train_fold
+        from dsb.train import FULL_DIR, check_run_config, check_run_start, load_samples, train_fold
 
         overrides = list(set_ or [])
         if data is not None:
@@ -143,7 +143,7 @@ def register(app: typer.Typer) -> None:
                 check_run_config(cfg, run_dir)
             samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
             if dist.is_main:
-                _check_before_writing(cfg, run_dir, samples)
+                check_run_start(cfg, run_dir, samples)
                 console.print(f"[bold]run[/] {run_dir}  {'full data' if full else f'folds {chosen}'}  config {cfg.name}")
                 run_dir.mkdir(parents=True, exist_ok=True)
                 before = _read_run_file(run_dir / RUN_FILE)
@@ -206,33 +206,6 @@ def register(app: typer.Typer) -> None:
                 import torch.distributed
 
                 torch.distributed.destroy_process_group()
-
-
-def _check_before_writing(cfg, run_dir: Path, samples) -> None:
-    """Refuse, before anything is written to ``run_dir``, what ``train_fold`` would refuse
-    only after writing ``config.yaml``: a run folder that is a file, folds that cannot be
-    made from these images, a warm restart from a folder that is not a run."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise DsbError(f"--run-dir {run_dir}: exists and is not a folder")
-    for parent in run_dir.parents:
-        if parent.exists() and not parent.is_dir():
-            raise DsbError(f"--run-dir {run_dir}: {parent} is a file, not a folder")
-    if cfg.train.init_from:
-        init_folds = Path(cfg.train.init_from) / "folds.csv"
-        if not init_folds.is_file():
-            raise ConfigError(f"train.init_from: {init_folds} not found (not a dsb run folder?)")
-    if (run_dir / "folds.csv").is_file() or cfg.train.init_from:
-        return  # the folds exist already (or come from the run started from)
-    from dsb.data.folds import make_folds
-    from dsb.train import sample_groups
-
-    groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
-    try:
-        make_folds([s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds,
-                   cfg.folds.seed, groups=groups)
-    except ValueError as exc:
-        raise ConfigError(f"folds: cannot split {len(samples)} images into folds.n_folds={cfg.folds.n_folds} "
-                          f"folds ({exc})") from None
 
 
 def _cuda() -> bool:

@@ -36,7 +36,7 @@ from torch import nn
 from dsb.config import Config, DataConfig, load_config, save_config
 from dsb.data.dataset import EpochDataset, Sample, balanced_weights, normalise_sample_size, prepare_image
 from dsb.infer.rescale import choose_scale
-from dsb.errors import CheckpointError, ConfigError, DataError
+from dsb.errors import CheckpointError, ConfigError, DataError, DsbError
 from dsb.utils import atomic_write
 
 OOF_DIR = "oof"
@@ -299,6 +299,32 @@ def _read_history(path: Path) -> list[EpochRecord]:
     return [EpochRecord(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
+def check_run_start(cfg: Config, run_dir: Path, samples: Sequence[Sample]) -> None:
+    """Refuse, before anything is written to ``run_dir``, what would otherwise fail only after
+    ``config.yaml`` is there (leaving a folder that then refuses the corrected config): a run
+    folder that is a file or under one, a warm restart from a folder that is not a run, and
+    folds that cannot be made from these images (or groups)."""
+    from dsb.data.folds import make_folds
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DsbError(f"--run-dir {run_dir}: exists and is not a folder")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DsbError(f"--run-dir {run_dir}: {parent} is a file, not a folder")
+    if cfg.train.init_from and not (Path(cfg.train.init_from) / "folds.csv").is_file():
+        raise ConfigError(f"train.init_from: {Path(cfg.train.init_from) / 'folds.csv'} not found (not a dsb run folder?)")
+    if (run_dir / "folds.csv").is_file() or cfg.train.init_from:
+        return  # the folds exist already (or come from the run started from)
+    groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
+    try:
+        make_folds([s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds,
+                   cfg.folds.seed, groups=groups)
+    except ValueError as exc:
+        raise ConfigError(f"folds: cannot split {len(samples)} images into folds.n_folds={cfg.folds.n_folds} "
+                          f"folds ({exc})") from None
+
+
 def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     """Write the resolved config and the folds of a run (reusing existing folds).
 
@@ -309,20 +335,7 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     from dsb.data.folds import load_or_make_folds
 
     check_run_config(cfg, run_dir)
-    if not (run_dir / "folds.csv").is_file():
-        # Fail before anything is written: a bad init_from or too few images (or groups) for
-        # the folds would otherwise leave a folder whose config.yaml refuses the fixed config.
-        if cfg.train.init_from:
-            if not (Path(cfg.train.init_from) / "folds.csv").is_file():
-                raise ConfigError(
-                    f"train.init_from: {Path(cfg.train.init_from) / 'folds.csv'} not found (not a dsb run folder?)"
-                )
-        else:
-            from dsb.data.folds import make_folds
-
-            groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
-            make_folds([s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds,
-                       cfg.folds.seed, groups=groups)
+    check_run_start(cfg, run_dir, samples)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     if cfg.train.init_from and not (run_dir / "folds.csv").is_file():
