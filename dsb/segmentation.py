@@ -110,9 +110,7 @@ class Segmenter:
         dev = resolve_device(device)
         paths = pipeline.resolve_checkpoints(specs)
         models, cfg = load_models(paths, device=dev)
-        # The instance filter shipped beside the checkpoints, when dsb predict has one.
-        find_filter = getattr(pipeline, "find_instance_filter", None)
-        instance_filter = find_filter(paths) if find_filter is not None else None
+        instance_filter = pipeline.find_instance_filter(paths)  # as dsb predict applies it
         for spec in specs:  # a run folder may carry tuned thresholds (dsb tune)
             if (Path(spec) / "config.yaml").is_file():
                 from dsb.evaluate import load_run_config

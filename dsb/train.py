@@ -341,9 +341,7 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     if cfg.train.init_from and not (run_dir / "folds.csv").is_file():
         # A warm restart keeps the folds of the run it starts from: fold k's model has never
         # seen fold k's images, and must not start to now.
-        init_folds = Path(cfg.train.init_from) / "folds.csv"
-        if not init_folds.is_file():
-            raise ConfigError(f"train.init_from: {init_folds} not found (not a dsb run folder?)")
+        init_folds = Path(cfg.train.init_from) / "folds.csv"  # checked by check_run_start
         with atomic_write(run_dir / "folds.csv", "wb") as fh:
             fh.write(init_folds.read_bytes())
     groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
