@@ -26,9 +26,7 @@ from dsb.config import Config  # noqa: E402
 from dsb.data.folds import load_folds  # noqa: E402
 from dsb.data.imagetypes import classify_image  # noqa: E402
 from dsb.data.kaggle import Stage, open_stage  # noqa: E402
-from dsb.evaluate import load_run_config  # noqa: E402
-from dsb.export import MANIFEST  # noqa: E402
-from dsb.infer.pipeline import WEIGHTS_DIR  # noqa: E402
+from dsb.rundir import MANIFEST, WEIGHTS_DIR, RunDir, load_run_config  # noqa: E402
 from dsb.models.checkpoint import load_model  # noqa: E402
 
 
@@ -58,9 +56,9 @@ def held_out_folds(source: str, folds: str = "0", data_dir: Optional[Path] = Non
         path = WEIGHTS_DIR / source
     if (path / MANIFEST).is_file():
         return _shipped(path, folds, data_dir)
-    if (path / "folds.csv").is_file():
+    if RunDir(path).folds.is_file():
         return _run(path, folds)
-    sys.exit(f"{source}: neither a run folder (folds.csv) nor a shipped set ({MANIFEST})")
+    sys.exit(f"{source}: neither a run folder ({RunDir.FOLDS}) nor a shipped set ({MANIFEST})")
 
 
 def _chosen(available: list[int], folds: str, where: Path) -> list[int]:
@@ -73,11 +71,11 @@ def _chosen(available: list[int], folds: str, where: Path) -> list[int]:
 
 def _run(run_dir: Path, folds: str):
     cfg = load_run_config(run_dir)
-    table = load_folds(run_dir / "folds.csv")
+    table = load_folds(RunDir(run_dir).folds)
     entries = []
     for fold in _chosen(sorted(set(table["fold"])), folds, run_dir):
         held = table[table["fold"] == fold].sort_values("image_id")
-        entries.append(HeldOutFold(fold, run_dir / f"fold{fold}" / "best.pt", held["image_id"].tolist(),
+        entries.append(HeldOutFold(fold, RunDir(run_dir).best(fold), held["image_id"].tolist(),
                                    dict(zip(held["image_id"], held["image_type"])), None))
     return cfg, open_stage(cfg.data.path, labels=cfg.data.labels), entries
 

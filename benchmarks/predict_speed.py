@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 from dsb.config import load_config  # noqa: E402
 from dsb.data.dataset import prepare_image  # noqa: E402
 from dsb.data.kaggle import open_stage  # noqa: E402
-from dsb.infer.pipeline import WEIGHTS_DIR, predict_stage, resolve_checkpoints  # noqa: E402
+from dsb.infer.pipeline import predict_stage  # noqa: E402
+from dsb.rundir import WEIGHTS_DIR, resolve_checkpoints  # noqa: E402
 from dsb.infer.predict import Predictor, load_models  # noqa: E402
 from dsb.postprocess import labels_from_probs  # noqa: E402
 from dsb.rle import label_map_to_rows  # noqa: E402

@@ -53,7 +53,7 @@ from dsb.infer.rescale import choose_scale, predict_at_scale  # noqa: E402
 from dsb.metrics import DatasetScore, image_score  # noqa: E402
 from dsb.models.checkpoint import load_model  # noqa: E402
 from dsb.postprocess import labels_from_probs  # noqa: E402
-from dsb.train import dequantise_probs, quantise_probs  # noqa: E402
+from dsb.probmaps import dequantise_probs, quantise_probs  # noqa: E402
 from heldout import held_out_folds  # noqa: E402  (benchmarks/heldout.py)
 
 

@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dsb.models.unetpp import DsbUNetPlusPlus  # noqa: E402
-from dsb.train import cpu_has_native_bf16  # noqa: E402
+from dsb.device import cpu_has_native_bf16  # noqa: E402
 
 DEFAULT_DECODER = [256, 128, 64, 32, 16]
 SMALL_DECODER = [128, 64, 32, 16, 16]

@@ -37,6 +37,7 @@ import pandas as pd  # noqa: E402
 from dsb.evaluate import bootstrap_interval  # noqa: E402
 from dsb.infer.pipeline import predict_stage  # noqa: E402
 from dsb.metrics import DatasetScore, image_score  # noqa: E402
+from dsb.rundir import RunDir  # noqa: E402
 from dsb.models.checkpoint import load_model  # noqa: E402
 from heldout import held_out_folds  # noqa: E402  (benchmarks/heldout.py)
 
@@ -122,7 +123,7 @@ def main() -> None:
 def experiment_groups(source: str) -> dict[str, str]:
     """``{image_id: group}`` from a run folder's grouped ``folds.csv`` (empty otherwise: the
     interval then resamples images)."""
-    folds = Path(source) / "folds.csv"
+    folds = RunDir(source).folds
     if not folds.is_file():
         return {}
     frame = pd.read_csv(folds, dtype=str)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 from pathlib import Path
@@ -14,6 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dsb.errors import DsbError
 
 F = TypeVar("F", bound=Callable)
+
+
+class Tta(str, enum.Enum):
+    """Test-time augmentation: ``none``, horizontal/vertical ``flips``, or the 8 ``d4`` views."""
+
+    none = "none"
+    flips = "flips"
+    d4 = "d4"
 
 #: Human-facing output (tables, progress, messages). stdout stays clean for --json.
 #: Soft wrap: a long line (a path) stays one line in a log file instead of being cut at 80 columns.

@@ -11,6 +11,10 @@ import typer
 from rich.table import Table
 
 from cli.common import console, dsb_command, progress_bar, stdout
+from dsb.data.groups import stage_groups
+from dsb.data.kaggle import open_stage, stage_summary
+from dsb.data.synthetic import write_synthetic_dataset
+from dsb.utils import atomic_write
 
 
 def _print_info(info: dict) -> None:
@@ -50,9 +54,6 @@ def _print_info(info: dict) -> None:
 
 
 def _experiment_groups(stage, threshold: float, csv_path: Path | None) -> dict:
-    from dsb.data.groups import stage_groups
-    from dsb.utils import atomic_write
-
     with progress_bar(transient=True) as progress:
         task = progress.add_task("experiment groups", total=len(stage))
         found = stage_groups(stage, threshold, progress=lambda done: progress.update(task, completed=done))
@@ -80,8 +81,6 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     ) -> None:
         """Write N synthetic nuclei images in the Kaggle layout plus a stage-1 solution CSV."""
-        from dsb.data.synthetic import write_synthetic_dataset
-
         with progress_bar(transient=True) as progress:
             task = progress.add_task("synthetic images", total=n)
             dataset = write_synthetic_dataset(
@@ -115,8 +114,6 @@ def register(app: typer.Typer) -> None:
 
         Nuclei are counted from mask file names or CSV rows, without decoding masks.
         With --groups, also the experiment groups that grouped folds keep together."""
-        from dsb.data.kaggle import open_stage, stage_summary
-
         stage = open_stage(path, labels=None if labels == "none" else labels)
         with progress_bar(transient=True) as progress:
             task = progress.add_task("image types", total=len(stage), visible=types)

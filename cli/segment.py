@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from cli.common import console, dsb_command, progress_bar
-
-
-def _dist_from_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) under torchrun, else (0, 1, 0)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+from cli.common import Tta, console, dsb_command, progress_bar
+from dsb.data.images import collect_inputs
+from dsb.device import process_group, uses_cuda
+from dsb.segmentation import (DEFAULT_CHECKPOINT, Segmenter, SegmentOptions, gather_results, needs_model,
+                              segment_sources, write_tables)
+from dsb.utils import check_output_dir
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +34,7 @@ def register(app: typer.Typer) -> None:
         rescale_area: Annotated[Optional[float], typer.Option(
             "--rescale-area", help="Nucleus area in pixels the automatic scale aims at (0: no rescaling; "
                                    "default: the checkpoint's).")] = None,
-        tta: Annotated[Optional[str], typer.Option(help="none | flips | d4 (default: the checkpoint's; "
+        tta: Annotated[Optional[Tta], typer.Option(help="Test-time augmentation (default: the checkpoint's; "
                                                         "none is about 8x faster than d4).")] = None,
         fmt: Annotated[str, typer.Option("--format", help="Label images: tif (uint16/uint32) or png (16-bit).")] = "tif",
         rois: Annotated[Optional[list[str]], typer.Option(
@@ -60,31 +56,19 @@ def register(app: typer.Typer) -> None:
         (one row per image). Under torchrun each process segments its share of the
         images. An image that cannot be read is reported and skipped (exit code 1 at the end).
         """
-        from dsb.data.images import collect_inputs
-        from dsb.segmentation import (DEFAULT_CHECKPOINT, Segmenter, SegmentOptions, gather_results, needs_model,
-                                 segment_sources, write_tables)
-        from dsb.utils import check_output_dir
-
         opts = SegmentOptions(label_format=fmt, rois=tuple(dict.fromkeys(rois or ())), overlays=overlays,  # type: ignore[arg-type]
                               overwrite=overwrite, channel=channel, normalize=normalize,
                               nucleus_diameter=nucleus_diameter, block_px=block_px)
         check_output_dir(out, "--out")
         sources = collect_inputs(inputs)
-        rank, world, local_rank = _dist_from_env()
-        if world > 1:
-            import torch
-            import torch.distributed as dist
-
-            use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-            if use_cuda:
-                torch.cuda.set_device(local_rank)
-                device = f"cuda:{local_rank}"
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        try:
+        with process_group(device, set_cuda_device=True, barrier_at_end=True) as dist:
+            rank, world = dist.rank, dist.world_size
+            if dist.enabled and uses_cuda(device):
+                device = f"cuda:{dist.local_rank}"
             mine = sources[rank::world]
             segmenter = None
             if needs_model(mine, out, opts):
-                segmenter = Segmenter.load(checkpoint or [DEFAULT_CHECKPOINT], device=device, tta=tta,
+                segmenter = Segmenter.load(checkpoint or [DEFAULT_CHECKPOINT], device=device, tta=tta.value if tta else None,
                                            rescale_area_px=rescale_area)
             if rank == 0:
                 infer = segmenter.predictor.infer_cfg if segmenter is not None else None
@@ -120,11 +104,5 @@ def register(app: typer.Typer) -> None:
                     console.print(f"[bold red]{len(failures)} image(s) failed[/]:", highlight=False)
                     for message in failures:
                         console.print(f"  {message}", highlight=False)
-        finally:
-            if world > 1:
-                import torch.distributed as dist
-
-                dist.barrier()
-                dist.destroy_process_group()
         if failures:
             raise typer.Exit(1)

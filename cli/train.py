@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,19 +12,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cli.common import console, dsb_command
 from dsb.config import load_config
+from dsb.data.folds import parse_folds
+from dsb.data.samples import load_samples
 from dsb.errors import ConfigError, DsbError
-from dsb.utils import atomic_write
-
-RUN_FILE = "run.json"
-
-
-def _dist_from_env():
-    from dsb.train import DistInfo
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    return DistInfo(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+from dsb.rundir import RunDir
+from dsb.device import process_group
+from dsb.train import check_run_config, check_run_start, record_run, train_fold
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -44,36 +36,10 @@ def _command_line(ctx: typer.Context) -> str:
     return shlex.join(parts)
 
 
-def _read_run_file(path: Path) -> dict:
-    """The run's ``run.json`` (``{}`` when absent); a damaged one is an error naming it."""
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DsbError(f"{path}: unreadable run record ({exc}); fix or delete it") from None
-    if not isinstance(record, dict):
-        raise DsbError(f"{path}: unreadable run record (not a JSON object); fix or delete it")
-    return record
-
-
-def _parse_folds(fold: Optional[int], folds: Optional[str], n_folds: int) -> list[int]:
+def _chosen_folds(fold: Optional[int], folds: Optional[str], n_folds: int) -> list[int]:
     if fold is not None and folds is not None:
         raise ConfigError("give either --fold or --folds, not both")
-    if folds is None:
-        return [0 if fold is None else fold]
-    if folds == "all":
-        return list(range(n_folds))
-    try:
-        chosen = [int(x) for x in folds.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--folds: expected 'all' or a comma-separated list like 0,2, got {folds!r}") from None
-    if not chosen:
-        raise ConfigError(f"--folds: no fold given ({folds!r}); expected 'all' or a list like 0,2")
-    bad = [f for f in chosen if not 0 <= f < n_folds]
-    if bad:
-        raise ConfigError(f"--folds: fold(s) {bad} out of range 0..{n_folds - 1}")
-    return chosen
+    return parse_folds(folds, n_folds) or [0 if fold is None else fold]
 
 
 def register(app: typer.Typer) -> None:
@@ -100,8 +66,6 @@ def register(app: typer.Typer) -> None:
         same recipe on every image into RUN_DIR/full/ (for shipping; the folds'
         out-of-fold score estimates it); give it the cross-validation run's folder.
         """
-        from dsb.train import FULL_DIR, check_run_config, check_run_start, load_samples, train_fold
-
         overrides = list(set_ or [])
         if data is not None:
             overrides.append(f"data.path={json.dumps(str(data))}")
@@ -112,30 +76,23 @@ def register(app: typer.Typer) -> None:
         if resume is not None:
             if config is not None:
                 raise ConfigError("--resume uses the run's own config.yaml; do not pass --config")
-            run_dir = resume
-            cfg_path = run_dir / "config.yaml"
-            if not cfg_path.is_file():
-                raise DsbError(f"{run_dir}: not a run folder (no config.yaml)")
-            cfg = load_config(cfg_path, overrides)
-            run_file = run_dir / RUN_FILE
+            run_dir, run = resume, RunDir(resume)
+            if not run.exists():
+                raise DsbError(f"{run_dir}: not a run folder (no {run.config.name})")
+            cfg = load_config(run.config, overrides)
             if full:
                 chosen = [None]
             else:
-                chosen = _read_run_file(run_file).get("folds") if fold is None and folds is None else None
-                chosen = chosen or _parse_folds(fold, folds, cfg.folds.n_folds)
+                chosen = run.read_record().get("folds") if fold is None and folds is None else None
+                chosen = chosen or _chosen_folds(fold, folds, cfg.folds.n_folds)
         else:
             if config is None:
                 raise ConfigError("give --config configs/NAME.yaml (or --resume RUN_DIR)")
             cfg = load_config(config, overrides)
             run_dir = run_dir or Path("runs") / cfg.name
-            chosen = [None] if full else _parse_folds(fold, folds, cfg.folds.n_folds)
-        dist = _dist_from_env()
-        if dist.enabled:
-            import torch.distributed
-
-            backend = "nccl" if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and _cuda()) else "gloo"
-            torch.distributed.init_process_group(backend=backend)
-        try:
+            chosen = [None] if full else _chosen_folds(fold, folds, cfg.folds.n_folds)
+        run = RunDir(run_dir)
+        with process_group(cfg.train.device) as dist:
             # Everything that can be refused is checked before the run folder is touched:
             # the config (load_config), the run folder's own config, the data (every image
             # decoded here), the folds and a warm restart's source run.
@@ -145,31 +102,9 @@ def register(app: typer.Typer) -> None:
             if dist.is_main:
                 check_run_start(cfg, run_dir, samples)
                 console.print(f"[bold]run[/] {run_dir}  {'full data' if full else f'folds {chosen}'}  config {cfg.name}")
-                run_dir.mkdir(parents=True, exist_ok=True)
-                before = _read_run_file(run_dir / RUN_FILE)
-                command = _command_line(ctx)
-                if full:
-                    # The full-data model joins a cross-validation run: its own entry, the folds' kept.
-                    entry = before.get("full", {})
-                    entry = ({**entry, "resumed": [*entry.get("resumed", []), command]}
-                             if resume is not None and entry else {"command": command})
-                    record = {**before, "full": entry}
-                elif resume is not None and before:
-                    # The run's training command stays the one that started it; resumptions are listed.
-                    record = {**before, "folds": chosen, "resumed": [*before.get("resumed", []), command]}
-                elif before:
-                    # More folds of the same run (the config was checked above): the folds add up,
-                    # every command that trained some of them is kept, the latest as "command".
-                    folds_so_far = sorted(set(before.get("folds", [])) | set(chosen))
-                    history = before.get("commands", [before["command"]] if "command" in before else [])
-                    record = {**before, "folds": folds_so_far, "command": command, "commands": [*history, command]}
-                else:
-                    record = {"folds": chosen, "command": command}
-                with atomic_write(run_dir / RUN_FILE) as fh:
-                    json.dump(record, fh)
+                record_run(run_dir, chosen, _command_line(ctx), resumed=resume is not None)
             results = []
             for k in chosen:
-                last = run_dir / (FULL_DIR if k is None else f"fold{k}") / "last.pt"
                 with Progress(
                     TextColumn("[bold]{task.fields[fold]} epoch {task.fields[epoch]}"),
                     BarColumn(), MofNCompleteColumn(),
@@ -191,24 +126,13 @@ def register(app: typer.Typer) -> None:
                         )
 
                     result = train_fold(
-                        cfg, run_dir, k, samples, resume=resume is not None and last.is_file(), dist=dist,
+                        cfg, run_dir, k, samples, resume=resume is not None and run.last(k).is_file(), dist=dist,
                         on_step=on_step, on_epoch=on_epoch, max_epochs=max_epochs,
                     )
                 results.append(result)
             if dist.is_main:
                 for r in results:
                     if r.fold is None:
-                        console.print(f"full: trained on every image, epoch {r.best_epoch} -> {r.fold_dir / 'best.pt'}")
+                        console.print(f"full: trained on every image, epoch {r.best_epoch} -> {run.best(r.fold)}")
                     else:
-                        console.print(f"fold {r.fold}: best val mAP {r.best_map:.4f} at epoch {r.best_epoch} -> {r.fold_dir / 'best.pt'}")
-        finally:
-            if dist.enabled:
-                import torch.distributed
-
-                torch.distributed.destroy_process_group()
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+                        console.print(f"fold {r.fold}: best val mAP {r.best_map:.4f} at epoch {r.best_epoch} -> {run.best(r.fold)}")

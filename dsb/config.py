@@ -20,6 +20,7 @@ from typing import Any, Literal, Optional, Sequence
 import yaml
 
 from dsb.errors import ConfigError
+from dsb.utils import atomic_write
 
 TARGET_CHANNELS = ("body", "border", "touching")
 
@@ -555,7 +556,5 @@ def override_config(cfg: Config, overrides: Sequence[str], sections: Optional[Se
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from dsb.utils import atomic_write
-
     with atomic_write(path) as fh:
         yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)

@@ -17,7 +17,18 @@ from typing import Callable, Optional
 import numpy as np
 
 from dsb.config import Config
+from dsb.data.kaggle import open_stage
+from dsb.data.samples import load_samples
+from dsb.data.synthetic import write_synthetic_dataset
 from dsb.errors import DataError
+from dsb.evaluate import load_oof, score_items
+from dsb.infer.pipeline import predict_stage
+from dsb.infer.predict import load_models
+from dsb.metrics import DatasetScore, image_score, score_submission
+from dsb.postprocess import threshold_labels
+from dsb.probmaps import dequantise_probs
+from dsb.rundir import RunDir
+from dsb.train import train_fold
 
 
 @dataclass
@@ -43,9 +54,6 @@ def _find_stage(root: Path, name: str) -> Path:
 
 def _threshold_map(items, channels, post) -> float:
     """mAP of connected components of the body channel: the no-watershed baseline."""
-    from dsb.metrics import DatasetScore, image_score
-    from dsb.postprocess import threshold_labels
-
     return DatasetScore.from_images(
         image_score(truth, threshold_labels(probs, list(channels), post.mask_threshold), image_id=image_id)
         for image_id, probs, truth in items
@@ -64,14 +72,6 @@ def run_demo(
     on_epoch=None,
 ) -> DemoResult:
     """Run the whole pipeline; see the module docstring. ``cfg`` is the training config."""
-    from dsb.data.kaggle import open_stage
-    from dsb.data.synthetic import write_synthetic_dataset
-    from dsb.evaluate import load_oof, score_items
-    from dsb.infer.pipeline import predict_stage
-    from dsb.infer.predict import load_models
-    from dsb.metrics import score_submission
-    from dsb.train import dequantise_probs, load_samples, train_fold
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     solution = None
@@ -99,7 +99,7 @@ def run_demo(
         [(i.image_id, dequantise_probs(i.probs), i.truth) for i in oof_items], cfg.targets.channels, cfg.postprocess
     )
 
-    models, ckpt_cfg = load_models([fold.fold_dir / "best.pt"])
+    models, ckpt_cfg = load_models([RunDir(run_dir).best(0)])
     stage = open_stage(test_path, labels=None)
     probs_dir = out_dir / "probs"
     summary = predict_stage(

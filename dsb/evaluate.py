@@ -21,26 +21,19 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 import yaml
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.model_selection import GroupKFold
 
-from dsb.config import Config, PostprocessConfig, config_from_dict, load_config
-from dsb.errors import DataError
+from dsb.config import Config, PostprocessConfig, config_from_dict
+from dsb.data.folds import load_folds
+from dsb.data.samples import load_samples
+from dsb.errors import ConfigError, DataError
 from dsb.metrics import THRESHOLDS, DatasetScore, ImageScore, image_score
-from dsb.postprocess.filter import InstanceFilter
+from dsb.postprocess import labels_from_probs
+from dsb.postprocess.filter import InstanceFilter, instance_features, instance_ious
+from dsb.probmaps import dequantise_probs
+from dsb.rundir import RunDir, load_run_config
 from dsb.utils import atomic_write
-
-TUNED_FILE = "postprocess.yaml"
-
-
-def load_run_config(run_dir: Path) -> Config:
-    """The run's resolved config with tuned postprocessing (if any) applied."""
-    cfg = load_config(Path(run_dir) / "config.yaml")
-    tuned = Path(run_dir) / TUNED_FILE
-    if tuned.is_file():
-        values = yaml.safe_load(tuned.read_text()) or {}
-        data = cfg.to_dict()
-        data["postprocess"].update(values.get("postprocess", {}))
-        cfg = config_from_dict(data)
-    return cfg
 
 
 @dataclass
@@ -56,18 +49,15 @@ class OofItem:
 
 def load_oof(run_dir: Path, cfg: Config, samples=None) -> list[OofItem]:
     """Out-of-fold probabilities with their true label maps, over every trained fold."""
-    from dsb.data.folds import load_folds
-    from dsb.train import load_samples
-
-    run_dir = Path(run_dir)
-    folds = load_folds(run_dir / "folds.csv")
+    run = RunDir(run_dir)
+    folds = load_folds(run.folds)
     if samples is None:
         samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
     truth = {s.image_id: s.label_map for s in samples}
     items = []
     has_groups = "group" in folds.columns
     for row in folds.itertuples(index=False):
-        path = run_dir / f"fold{row.fold}" / "oof" / f"{row.image_id}.npy"
+        path = run.oof_map(int(row.fold), row.image_id)
         if not path.is_file():
             continue
         if row.image_id not in truth:
@@ -75,7 +65,7 @@ def load_oof(run_dir: Path, cfg: Config, samples=None) -> list[OofItem]:
         items.append(OofItem(row.image_id, row.image_type, int(row.fold), np.load(path), truth[row.image_id],
                              group=str(row.group) if has_groups else row.image_id))
     if not items:
-        raise DataError(f"{run_dir}: no out-of-fold probability maps (fold*/oof/*.npy); train a fold first")
+        raise DataError(f"{run_dir}: no out-of-fold probability maps (fold*/{RunDir.OOF}/*.npy); train a fold first")
     return items
 
 
@@ -83,8 +73,6 @@ def score_items(
     items: Sequence[OofItem], channels: Sequence[str], post: PostprocessConfig, workers: Optional[int] = None
 ) -> tuple[DatasetScore, dict[str, np.ndarray]]:
     """Postprocess every item with ``post`` and score it; returns the score and labels."""
-    from dsb.postprocess import labels_from_probs
-    from dsb.train import dequantise_probs
 
     def one(item: OofItem) -> tuple[ImageScore, np.ndarray]:
         pred = labels_from_probs(dequantise_probs(item.probs), list(channels), post)
@@ -160,7 +148,8 @@ def tune(
 
 
 def save_tuned(run_dir: Path, result: TuneResult) -> Path:
-    path = Path(run_dir) / TUNED_FILE
+    """Write the tuned postprocessing where :func:`dsb.rundir.load_run_config` finds it."""
+    path = RunDir(run_dir).tuned
     with atomic_write(path) as fh:
         yaml.safe_dump(
             {
@@ -216,6 +205,33 @@ class EvaluationReport:
     #: What the bootstrap resampled: ``"groups"`` or ``"images"`` (runs without groups).
     interval_unit: str = "groups"
     n_groups: int = 0
+    #: The labels scored against (``data.labels`` of the config used).
+    labels: Optional[str] = None
+    #: Where :func:`run_evaluation` wrote the per-image CSV.
+    per_image_csv: Optional[Path] = None
+
+    def to_dict(self) -> dict:
+        """The summary as plain JSON types (what ``dsb evaluate --json`` prints)."""
+        return {
+            "map": self.score.map, "n_images": self.score.n_images, "labels": self.labels,
+            "interval": list(self.interval), "interval_unit": self.interval_unit, "n_groups": self.n_groups,
+            "per_type": {r.image_type: {"n_images": int(r.n_images), "map": float(r.map)} for r in self.per_type.itertuples()},
+            "per_fold": {str(r.fold): {"n_images": int(r.n_images), "map": float(r.map)} for r in self.per_fold.itertuples()},
+            "per_threshold": dict(zip([f"{t:.2f}" for t in THRESHOLDS], map(float, self.score.per_threshold))),
+            "error_kinds": self.error_kinds, "error_kinds_per_type": self.error_kinds_per_type,
+            "per_image_csv": None if self.per_image_csv is None else str(self.per_image_csv),
+        }
+
+    def manifest_summary(self) -> dict:
+        """The out-of-fold estimate a shipped set's manifest records (``oof``)."""
+        ratio = self.error_kinds.get("area_ratio")
+        return {
+            "map": float(self.score.map), "interval_95": [round(v, 4) for v in self.interval],
+            "interval_over": self.interval_unit, "n_images": int(self.score.n_images), "n_groups": self.n_groups,
+            "per_type": {r.image_type: {"n_images": int(r.n_images), "map": round(float(r.map), 4)}
+                         for r in self.per_type.itertuples()},
+            "area_ratio": ratio if isinstance(ratio, float) and np.isfinite(ratio) else None,
+        }
 
 
 def error_kinds(items: Sequence[OofItem], preds: dict[str, np.ndarray]) -> dict[str, float]:
@@ -268,6 +284,17 @@ def error_kinds(items: Sequence[OofItem], preds: dict[str, np.ndarray]) -> dict[
     }
 
 
+def with_labels(cfg: Config, labels: Optional[str], run_dir: Path) -> Config:
+    """``cfg`` scoring against other labels (``masks`` or an RLE CSV); ``None`` keeps them."""
+    if labels is None:
+        return cfg
+    if cfg.data.path == "synthetic":
+        raise ConfigError(f"--labels: {run_dir} trained on generated synthetic data, which has no other labels")
+    data = cfg.to_dict()
+    data["data"]["labels"] = labels
+    return config_from_dict(data)
+
+
 def evaluate_run(run_dir: Path, cfg: Optional[Config] = None, items=None) -> EvaluationReport:
     """Score the out-of-fold predictions of a run with its (tuned) postprocessing."""
     cfg = cfg or load_run_config(run_dir)
@@ -294,8 +321,17 @@ def evaluate_run(run_dir: Path, cfg: Optional[Config] = None, items=None) -> Eva
     return EvaluationReport(
         score, per_type, per_fold, per_image, error_kinds(items, preds), per_type_errors,
         preds=preds, truths={i.image_id: i.truth for i in items},
-        interval=interval, interval_unit=unit, n_groups=int(per_image["group"].nunique()),
+        interval=interval, interval_unit=unit, n_groups=int(per_image["group"].nunique()), labels=cfg.data.labels,
     )
+
+
+def run_evaluation(run_dir: Path, out_csv: Optional[Path] = None, labels: Optional[str] = None) -> EvaluationReport:
+    """``dsb evaluate``: score the run's out-of-fold maps (against other ``labels`` if
+    given) and write the per-image CSV (default ``RUN_DIR/oof_scores.csv``)."""
+    cfg = with_labels(load_run_config(run_dir), labels, run_dir)
+    report = evaluate_run(run_dir, cfg)
+    report.per_image_csv = write_per_image_csv(report, out_csv or RunDir(run_dir).oof_scores)
+    return report
 
 
 def write_per_image_csv(report: EvaluationReport, path: Path) -> Path:
@@ -330,13 +366,6 @@ def fit_instance_filter(
     groups only; the threshold that maximises the mAP of those honest predictions is kept
     (0 if none helps), and the final regressor is fitted on every instance.
     """
-    from sklearn.ensemble import HistGradientBoostingRegressor
-    from sklearn.model_selection import GroupKFold
-
-    from dsb.postprocess import labels_from_probs
-    from dsb.postprocess.filter import instance_features, instance_ious
-    from dsb.train import dequantise_probs
-
     def prepare(item: OofItem):
         probs = dequantise_probs(item.probs)
         pred = labels_from_probs(probs, list(channels), post)
@@ -379,3 +408,37 @@ def fit_instance_filter(
     y_all = np.concatenate([v for f, v in zip(feats, ious) if len(f)])
     final = InstanceFilter(regressor().fit(x_all, y_all), float(best["threshold"]), tuple(channels))
     return FilterResult(final, trace[0]["map"], best["map"], int(len(x_all)), trace)
+
+
+@dataclass
+class TuneRunResult:
+    tuned: TuneResult
+    tuned_path: Path
+    before: PostprocessConfig
+    #: The instance filter fitted out of fold (None when not asked for).
+    instance_filter: Optional[FilterResult] = None
+    #: What happened to ``RUN_DIR/instance_filter.pkl``: "written", "removed" or "".
+    filter_action: str = ""
+    filter_path: Optional[Path] = None
+
+
+def tune_run(
+    run_dir: Path, rounds: int = 2, fit_filter: bool = True, on_eval: Optional[Callable[[dict, float], None]] = None,
+) -> TuneRunResult:
+    """``dsb tune``: search the postprocessing on the run's out-of-fold maps and save it;
+    then (``fit_filter``) fit the instance filter, kept only if some threshold helps."""
+    run = RunDir(run_dir)
+    cfg = load_run_config(run_dir)
+    items = load_oof(run_dir, cfg)
+    tuned = tune(items, cfg.targets.channels, cfg.postprocess, rounds=rounds, on_eval=on_eval)
+    result = TuneRunResult(tuned=tuned, tuned_path=save_tuned(run_dir, tuned), before=cfg.postprocess)
+    if fit_filter:
+        fitted = fit_instance_filter(items, cfg.targets.channels, tuned.best)
+        result.instance_filter, result.filter_path = fitted, run.instance_filter
+        if fitted.filter.threshold > 0:
+            fitted.filter.save(run.instance_filter)
+            result.filter_action = "written"
+        elif run.instance_filter.is_file():
+            run.instance_filter.unlink()
+            result.filter_action = "removed"
+    return result

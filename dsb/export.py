@@ -14,12 +14,16 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
+from dsb.config import load_config, override_config
+from dsb.data.folds import load_folds
 from dsb.errors import CheckpointError
+from dsb.evaluate import EvaluationReport, evaluate_run
+from dsb.models.checkpoint import load_model, save_checkpoint
+from dsb.postprocess.filter import load_filter
+from dsb.rundir import FILTER_FILE, MANIFEST, RunDir, load_run_config
 from dsb.utils import atomic_write
-
-MANIFEST = "manifest.json"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -30,37 +34,12 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def select_checkpoints(run_dir: Path, folds: Optional[Sequence[int]] = None, full: bool = False) -> list[Path]:
-    """The ``best.pt`` files :func:`export_run` ships (every fold, the chosen folds, or
-    ``full/best.pt``); :class:`CheckpointError` naming what is missing."""
-    run_dir = Path(run_dir)
-    bests = sorted(run_dir.glob("fold*/best.pt"))
-    if full:
-        if folds is not None:
-            raise CheckpointError("export either the full-data model or folds, not both")
-        bests = [run_dir / "full" / "best.pt"]
-        if not bests[0].is_file():
-            raise CheckpointError(f"{run_dir}: no full/best.pt to export; run dsb train --full --run-dir {run_dir} first")
-    elif not bests:
-        raise CheckpointError(f"{run_dir}: no fold*/best.pt to export; train a fold first")
-    if folds is not None:
-        trained = {int(b.parent.name[4:]): b for b in bests}
-        missing = sorted(set(folds) - set(trained))
-        if missing:
-            raise CheckpointError(
-                f"{run_dir}: fold(s) {missing} have no best.pt (trained: {sorted(trained)})"
-            )
-        bests = [trained[k] for k in sorted(set(folds))]
-    return bests
-
-
 def _first_stage(init_run: Path) -> dict:
     """What a warm-restarted run (``train.init_from``) started from: the first stage's
     command and config, so the manifest alone says how to train the shipped weights."""
-    from dsb.config import load_config
-
-    info = json.loads((init_run / "run.json").read_text()) if (init_run / "run.json").is_file() else {}
-    config = load_config(init_run / "config.yaml").to_dict() if (init_run / "config.yaml").is_file() else None
+    run = RunDir(init_run)
+    info = run.read_record()
+    config = load_config(run.config).to_dict() if run.exists() else None
     return {"run": str(init_run), "command": info.get("command"), "commands": info.get("commands"), "config": config}
 
 
@@ -89,13 +68,10 @@ def export_run(
     Raises :class:`CheckpointError` if the run has no ``fold*/best.pt``, a requested fold
     is missing, or the set would exceed ``max_total_mb``; nothing is left behind then.
     """
-    from dsb.config import override_config
-    from dsb.evaluate import TUNED_FILE, load_run_config
-    from dsb.models.checkpoint import load_model, save_checkpoint
-    from dsb.postprocess.filter import FILTER_FILE, load_filter
-
-    run_dir = Path(run_dir)
-    bests = select_checkpoints(run_dir, folds, full)
+    run = RunDir(run_dir)
+    run_dir = run.path
+    bests = run.checkpoints(folds, full)
+    keys = [None] if full else (sorted(run.trained_folds()) if folds is None else sorted(set(folds)))
     run_cfg = override_config(load_run_config(run_dir), overrides, sections=("infer", "postprocess"))
     out = Path(weights_dir) / name
     staging = Path(weights_dir) / f".{name}.tmp"
@@ -103,43 +79,37 @@ def export_run(
     staging.mkdir(parents=True)
     try:
         shipped = []
-        for best in bests:
+        for k, best in zip(keys, bests):
             model, cfg, meta = load_model(best)
             cfg = dataclasses.replace(cfg, postprocess=run_cfg.postprocess, infer=run_cfg.infer)
-            target = staging / f"{best.parent.name}.pt"
+            label = run.model_dir(k).name  # the file is named after its run folder: fold<k>.pt or full.pt
+            target = staging / f"{label}.pt"
             save_checkpoint(target, model, cfg, half=True, source=str(best))
-            entry = {"file": target.name, "fold": best.parent.name, "bytes": target.stat().st_size,
+            entry = {"file": target.name, "fold": label, "bytes": target.stat().st_size,
                      "epoch": meta.get("epoch")}
             if not full:
-                k = int(best.parent.name[4:])
                 entry["validation_map"] = meta.get("val_map")
                 entry["held_out_map"] = None if held_out_map is None else held_out_map.get(k)
             shipped.append(entry)
-        if (run_dir / "folds.csv").is_file() and not full:
+        if run.folds.is_file() and not full:
             # Which training images each shipped model never saw: lets anyone score it honestly.
-            from dsb.data.folds import load_folds
-
-            table = load_folds(run_dir / "folds.csv")
-            for entry in shipped:
-                k = int(entry["fold"][4:])
+            table = load_folds(run.folds)
+            for k, entry in zip(keys, shipped):
                 entry["held_out_ids"] = sorted(table.loc[table["fold"] == k, "image_id"].tolist())
         instance_filter = None
-        if (run_dir / FILTER_FILE).is_file():
+        if run.instance_filter.is_file():
             # The instance filter that `dsb tune` fitted on the run's out-of-fold predictions.
-            kept = load_filter(run_dir / FILTER_FILE)
-            shutil.copyfile(run_dir / FILTER_FILE, staging / FILTER_FILE)
+            kept = load_filter(run.instance_filter)
+            shutil.copyfile(run.instance_filter, staging / FILTER_FILE)
             instance_filter = {"file": FILTER_FILE, "threshold": kept.threshold,
                                "bytes": (staging / FILTER_FILE).stat().st_size}
         total_mb = (sum(f["bytes"] for f in shipped) + (instance_filter or {}).get("bytes", 0)) / 2**20
         if total_mb > max_total_mb:
             raise CheckpointError(f"{run_dir}: the set is {total_mb:.1f} MB, over the {max_total_mb:.0f} MB limit")
         data_files = [Path(p) for p in (run_cfg.data.path, run_cfg.data.labels) if Path(p).is_file()]
-        run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-        tuned = run_dir / TUNED_FILE
-        if oof_map is None and tuned.is_file():
-            import yaml
-
-            oof_map = (yaml.safe_load(tuned.read_text()) or {}).get("oof_map")
+        run_info = run.read_record()
+        if oof_map is None:
+            oof_map = run.read_tuned().get("oof_map")
         manifest = {
             "name": name,
             "run": str(run_dir),
@@ -168,3 +138,27 @@ def export_run(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def ship_run(
+    run_dir: Path, name: str, weights_dir: Path, folds: Optional[Sequence[int]] = None, full: bool = False,
+    overrides: Sequence[str] = (), on_scoring: Optional[Callable[[], None]] = None,
+) -> tuple[Path, Optional[EvaluationReport]]:
+    """``dsb export``: check the models and ``overrides`` first (before the slow scoring),
+    score the run's out-of-fold maps when it has them (the manifest's estimate and each
+    fold's held-out mAP), then :func:`export_run`. Returns the set's folder and the report."""
+    RunDir(run_dir).checkpoints(folds, full)  # a missing model fails here
+    if overrides:
+        override_config(load_run_config(run_dir), overrides, sections=("infer", "postprocess"))
+    report = None
+    if RunDir(run_dir).has_oof():
+        if on_scoring is not None:
+            on_scoring()
+        report = evaluate_run(run_dir)
+    out = export_run(
+        run_dir, name, weights_dir, folds=folds, full=full, overrides=overrides,
+        oof_map=None if report is None else float(report.score.map),
+        held_out_map=None if report is None else {int(r.fold): float(r.map) for r in report.per_fold.itertuples()},
+        oof_summary=None if report is None else report.manifest_summary(),
+    )
+    return out, report

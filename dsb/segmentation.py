@@ -42,8 +42,15 @@ from typing import Callable, Literal, Optional, Sequence
 import numpy as np
 
 from dsb.config import Config
+from dsb.data.dataset import prepare_image
+from dsb.data.images import _to_hwc, load_for_model, select_channels, to_model_uint8
 from dsb.errors import DataError, DsbError
+from dsb.infer.pipeline import load_ensemble
+from dsb.infer.predict import Predictor
+from dsb.infer.rescale import RESCALE_TOLERANCE, choose_scale, predict_at_scale, predict_rescaled
+from dsb.postprocess import labels_from_probs
 from dsb.utils import atomic_write
+from dsb.viz import overlay_instances, save_png
 
 __all__ = ["Segmenter", "SegmentOptions", "ImageResult", "segment", "segment_sources", "write_tables",
            "write_label_image", "read_label_image", "instance_outlines", "write_imagej_rois", "write_geojson",
@@ -84,7 +91,6 @@ class Segmenter:
         self.instance_filter = instance_filter
 
     def _labels(self, probs: np.ndarray) -> np.ndarray:
-        from dsb.postprocess import labels_from_probs
 
         labels = labels_from_probs(probs, self.cfg.targets.channels, self.cfg.postprocess)
         if self.instance_filter is not None:
@@ -103,19 +109,9 @@ class Segmenter:
         """Load checkpoints as ``dsb predict --checkpoint`` does (files, run folders with their
         tuned postprocessing, shipped set names); ``tta`` and ``rescale_area_px`` override
         the config's."""
-        from dsb.infer import pipeline
-        from dsb.infer.predict import Predictor, load_models, resolve_device
-
         specs = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-        dev = resolve_device(device)
-        paths = pipeline.resolve_checkpoints(specs)
-        models, cfg = load_models(paths, device=dev)
-        instance_filter = pipeline.find_instance_filter(paths)  # as dsb predict applies it
-        for spec in specs:  # a run folder may carry tuned thresholds (dsb tune)
-            if (Path(spec) / "config.yaml").is_file():
-                from dsb.evaluate import load_run_config
-
-                cfg = dataclasses.replace(cfg, postprocess=load_run_config(Path(spec)).postprocess)
+        ensemble = load_ensemble(specs, device=device)  # as dsb predict loads them (tuned thresholds, filter)
+        cfg, instance_filter = ensemble.cfg, ensemble.instance_filter
         infer = cfg.infer
         if tta is not None:
             if tta not in ("none", "flips", "d4"):
@@ -126,7 +122,7 @@ class Segmenter:
                 raise DsbError(f"--rescale-area: must be >= 0, got {rescale_area_px}")
             infer = dataclasses.replace(infer, rescale_area_px=float(rescale_area_px))
         cfg = dataclasses.replace(cfg, infer=infer)
-        return cls(Predictor(models, cfg.targets.channels, infer, device=dev), cfg, instance_filter)
+        return cls(Predictor(ensemble.models, cfg.targets.channels, infer, device=ensemble.device), cfg, instance_filter)
 
     @property
     def target_area_px(self) -> float:
@@ -157,8 +153,6 @@ class Segmenter:
         -------
         (label_map ``H x W`` int32, the scale the image was predicted at)
         """
-        from dsb.data.dataset import prepare_image
-        from dsb.infer.rescale import RESCALE_TOLERANCE, choose_scale, predict_at_scale, predict_rescaled
 
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be H x W x 3 uint8, got {image.shape} {image.dtype}")
@@ -189,7 +183,6 @@ class Segmenter:
 
     def _blocks(self, image: np.ndarray, scale: float, block_px: int) -> np.ndarray:
         """Label map of a large prepared uint8 image, block by block (see the module doc)."""
-        from dsb.infer.rescale import predict_at_scale
 
         cfg = self.cfg
         height, width = image.shape[:2]
@@ -288,7 +281,6 @@ def segment(
     >>> labels.max()                                                  # doctest: +SKIP
     412
     """
-    from dsb.data.images import _to_hwc, select_channels, to_model_uint8
 
     array = np.asarray(image)
     if array.ndim not in (2, 3):
@@ -539,7 +531,6 @@ class ImageResult:
 
 def _segment_one(index: int, source, segmenter: Optional[Segmenter], out_dir: Path, opts: SegmentOptions,
                  stage_cache: dict) -> ImageResult:
-    from dsb.data.images import load_for_model
 
     t0 = time.perf_counter()
     paths = output_paths(out_dir, source.name, opts)
@@ -565,7 +556,6 @@ def _segment_one(index: int, source, segmenter: Optional[Segmenter], out_dir: Pa
             write_geojson(todo["geojson"], outlines, source.name)
         del outlines
     if "overlay" in todo:
-        from dsb.viz import overlay_instances, save_png
 
         save_png(todo["overlay"], overlay_instances(model_image, label_map))
     del model_image

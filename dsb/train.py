@@ -1,13 +1,9 @@
 """Training U-Net++ on one cross-validation fold, with validation by the competition mAP.
 
-Layout of a run folder (``runs/<name>`` by default)::
-
-    config.yaml        the resolved config (defaults filled in)
-    folds.csv          image_id, image_type, fold  (made once, reused)
-    fold<k>/last.pt    everything needed to resume, written atomically every epoch
-    fold<k>/best.pt    the weights of the best epoch by validation mAP (EMA if enabled)
-    fold<k>/metrics.jsonl   one JSON record per epoch
-    fold<k>/oof/<image_id>.npy   out-of-fold probabilities of the best epoch, uint8 (K, H, W)
+A run folder (its layout: :class:`dsb.rundir.RunDir`) holds the resolved config, the
+folds, and per fold the resumable ``last`` checkpoint, the ``best`` one by validation mAP
+(EMA weights if enabled), the epoch history and the best epoch's out-of-fold
+probabilities (uint8, :mod:`dsb.probmaps`).
 
 "Best" means best mAP of the real pipeline (predict, postprocess to instances, score
 with :mod:`dsb.metrics`), not best loss. A run killed at any point resumes from
@@ -17,12 +13,10 @@ function of ``(seed, epoch, index)`` the resumed run sees the same data.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,111 +27,56 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsb.config import Config, DataConfig, load_config, save_config
-from dsb.data.dataset import EpochDataset, Sample, balanced_weights, normalise_sample_size, prepare_image
-from dsb.infer.rescale import choose_scale
-from dsb.errors import CheckpointError, ConfigError, DataError, DsbError
+from dsb.config import Config, load_config, save_config
+from dsb.data.dataset import EpochDataset, Sample, balanced_weights, normalise_sample_size
+from dsb.data.folds import load_folds, load_or_make_folds, make_folds
+from dsb.data.samples import sample_groups
+from dsb.device import DistInfo, amp_dtype, autocast, resolve_device
+from dsb.errors import CheckpointError, ConfigError, DsbError
+from dsb.infer.predict import Predictor
+from dsb.infer.rescale import choose_scale, predict_rescaled
+from dsb.metrics import image_score
+from dsb.models import build_model
+from dsb.models.checkpoint import load_checkpoint, save_checkpoint
+from dsb.postprocess import labels_from_probs
+from dsb.probmaps import quantise_probs, write_prob_folder
+from dsb.rundir import RunDir
 from dsb.utils import atomic_write
-
-OOF_DIR = "oof"
 
 
 # ----------------------------------------------------------------------------- set-up
-@dataclass(frozen=True)
-class DistInfo:
-    """Process-group facts for DistributedDataParallel (torchrun sets them in the env)."""
+def record_run(run_dir: Path, folds: Sequence[Optional[int]], command: str, resumed: bool) -> dict:
+    """Add a training command to the run's record (``run.json``) and return the record.
 
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    The first command is the run's ``command``; more folds of the same run add up (every
+    command that trained some of them is kept in ``commands``, the latest as ``command``);
+    resumptions are listed under ``resumed``; the full-data model (``folds == [None]``)
+    has its own entry, ``full``, beside the folds'.
+    """
+    run = RunDir(run_dir)
+    before = run.read_record()
+    if list(folds) == [None]:
+        entry = before.get("full", {})
+        entry = {**entry, "resumed": [*entry.get("resumed", []), command]} if resumed and entry else {"command": command}
+        record = {**before, "full": entry}
+    elif resumed and before:
+        record = {**before, "folds": list(folds), "resumed": [*before.get("resumed", []), command]}
+    elif before:
+        folds_so_far = sorted(set(before.get("folds", [])) | set(folds))
+        history = before.get("commands", [before["command"]] if "command" in before else [])
+        record = {**before, "folds": folds_so_far, "command": command, "commands": [*history, command]}
+    else:
+        record = {"folds": list(folds), "command": command}
+    run.path.mkdir(parents=True, exist_ok=True)
+    with atomic_write(run.run_record) as fh:
+        json.dump(record, fh)
+    return record
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
-    """:func:`dsb.infer.predict.resolve_device`, plus a clear error when CUDA is asked
-    for but missing, and each DDP process on its own GPU."""
-    from dsb.infer.predict import resolve_device as resolve
-
-    device = resolve(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} asked for but CUDA is not available")
-        if dist.enabled and device.index is None:
-            device = torch.device("cuda", dist.local_rank)
-    return device
-
-
-def autocast_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for ``train.amp`` on ``device`` (None: plain fp32).
-
-    ``auto`` means fp16 on CUDA (bf16 where the GPU supports it) and bf16 on CPUs
-    with native bf16 instructions (AVX512-BF16/AMX), where it measured faster
-    (``benchmarks/model_speed.py``); fp32 on other CPUs.
-    """
-    if mode == "off":
-        return None
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else None
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------- data
-def load_samples(data: DataConfig, invert_light_background: bool) -> list[Sample]:
-    """All labelled training images in memory (uint8 images, int32 label maps)."""
-    from dsb.data.imagetypes import classify_image
-
-    samples = []
-    if data.path == "synthetic":
-        from dsb.data.synthetic import generate_samples
-
-        items = generate_samples(n=data.synthetic_n, seed=data.synthetic_seed)
-        for image_id, image, label_map in items:
-            image_type = classify_image(image.astype(np.float32) / 255.0)
-            samples.append(Sample(image_id, prepare_image(image, invert_light_background), label_map, image_type))
-        return samples
-    from dsb.data.kaggle import open_stage
-
-    labels = data.labels
-    stage = open_stage(data.path, labels=labels)
-    if not stage.has_labels:
-        raise DataError(f"{data.path}: has no instance labels (masks/ or data.labels CSV)")
-    for image_id in stage.labelled_ids:
-        image = stage.read_image_uint8(image_id)
-        label_map = stage.read_label_map(image_id)
-        image_type = classify_image(image.astype(np.float32) / 255.0)
-        samples.append(Sample(image_id, prepare_image(image, invert_light_background), label_map, image_type))
-    return samples
 
 
 # ----------------------------------------------------------------------------- loss
@@ -193,11 +132,6 @@ def evaluate_samples(
     Returns ``(map, per_image_score, probs)``; ``probs`` (uint8-quantised, (K, H, W))
     only with ``keep_probs``.
     """
-    from dsb.infer.predict import Predictor
-    from dsb.infer.rescale import predict_rescaled
-    from dsb.metrics import image_score
-    from dsb.postprocess import labels_from_probs
-
     was_training = model.training  # read before the Predictor puts the model in eval mode
     per_image: dict[str, float] = {}
     kept: dict[str, np.ndarray] = {}
@@ -216,31 +150,6 @@ def evaluate_samples(
         model.train(was_training)
     score = float(np.mean(list(per_image.values()))) if per_image else 0.0
     return score, per_image, kept
-
-
-def quantise_probs(probs: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] as uint8 (step 1/255): a quarter of float32's disk."""
-    return np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
-
-
-def dequantise_probs(stored: np.ndarray) -> np.ndarray:
-    return stored.astype(np.float32) / 255.0
-
-
-def write_oof(fold_dir: Path, probs: dict[str, np.ndarray]) -> None:
-    """Replace ``fold_dir/oof`` with ``probs`` as a whole (never half old, half new)."""
-    final = fold_dir / OOF_DIR
-    staging = fold_dir / (OOF_DIR + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for image_id, arr in probs.items():
-        np.save(staging / f"{image_id}.npy", arr)
-    old = fold_dir / (OOF_DIR + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def update_ema(ema: torch.optim.swa_utils.AveragedModel, model: nn.Module) -> None:
@@ -304,17 +213,16 @@ def check_run_start(cfg: Config, run_dir: Path, samples: Sequence[Sample]) -> No
     ``config.yaml`` is there (leaving a folder that then refuses the corrected config): a run
     folder that is a file or under one, a warm restart from a folder that is not a run, and
     folds that cannot be made from these images (or groups)."""
-    from dsb.data.folds import make_folds
-
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     if run_dir.exists() and not run_dir.is_dir():
         raise DsbError(f"--run-dir {run_dir}: exists and is not a folder")
     for parent in run_dir.parents:
         if parent.exists() and not parent.is_dir():
             raise DsbError(f"--run-dir {run_dir}: {parent} is a file, not a folder")
-    if cfg.train.init_from and not (Path(cfg.train.init_from) / "folds.csv").is_file():
-        raise ConfigError(f"train.init_from: {Path(cfg.train.init_from) / 'folds.csv'} not found (not a dsb run folder?)")
-    if (run_dir / "folds.csv").is_file() or cfg.train.init_from:
+    if cfg.train.init_from and not RunDir(cfg.train.init_from).folds.is_file():
+        raise ConfigError(f"train.init_from: {RunDir(cfg.train.init_from).folds} not found (not a dsb run folder?)")
+    if run.folds.is_file() or cfg.train.init_from:
         return  # the folds exist already (or come from the run started from)
     groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
     try:
@@ -332,40 +240,22 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     something else is an error naming the keys that differ (its folds, out-of-fold maps
     and tuned thresholds belong to that config).
     """
-    from dsb.data.folds import load_or_make_folds
-
+    run = RunDir(run_dir)
     check_run_config(cfg, run_dir)
     check_run_start(cfg, run_dir, samples)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    if cfg.train.init_from and not (run_dir / "folds.csv").is_file():
+    save_config(cfg, run.config)
+    if cfg.train.init_from and not run.folds.is_file():
         # A warm restart keeps the folds of the run it starts from: fold k's model has never
         # seen fold k's images, and must not start to now.
-        init_folds = Path(cfg.train.init_from) / "folds.csv"  # checked by check_run_start
-        with atomic_write(run_dir / "folds.csv", "wb") as fh:
+        init_folds = RunDir(cfg.train.init_from).folds  # checked by check_run_start
+        with atomic_write(run.folds, "wb") as fh:
             fh.write(init_folds.read_bytes())
     groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
     return load_or_make_folds(
-        run_dir, [s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds, cfg.folds.seed,
+        run.folds, [s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds, cfg.folds.seed,
         groups=groups,
     )
-
-
-_GROUP_CACHE: dict = {}
-
-
-def sample_groups(samples: Sequence[Sample], threshold: float) -> list[str]:
-    """The experiment group of each sample (:func:`dsb.data.groups.assign_groups`), cached
-    per process for the same images and threshold."""
-    from dsb.data.groups import assign_groups
-
-    key = (tuple(s.image_id for s in samples), float(threshold))
-    if key not in _GROUP_CACHE:
-        groups = assign_groups([s.image_id for s in samples], [s.image for s in samples],
-                               [s.image_type for s in samples], threshold)
-        _GROUP_CACHE.clear()
-        _GROUP_CACHE[key] = [groups[s.image_id] for s in samples]
-    return _GROUP_CACHE[key]
 
 
 def init_weights(model: nn.Module, init_run: Path, fold: Optional[int], folds, device: torch.device) -> Path:
@@ -375,10 +265,7 @@ def init_weights(model: nn.Module, init_run: Path, fold: Optional[int], folds, d
     start from weights that saw its held-out images; that is an error, as is a checkpoint
     of another architecture. Returns the checkpoint used.
     """
-    from dsb.data.folds import load_folds
-    from dsb.models.checkpoint import load_checkpoint
-
-    folds_file = Path(init_run) / "folds.csv"
+    folds_file = RunDir(init_run).folds
     if not folds_file.is_file():
         raise ConfigError(f"train.init_from: {folds_file} not found (not a dsb run folder?)")
     theirs = load_folds(folds_file)
@@ -389,7 +276,7 @@ def init_weights(model: nn.Module, init_run: Path, fold: Optional[int], folds, d
             f"train.init_from: {init_run} has other folds ({len(differ)} image(s) differ, e.g. {differ[0]}); "
             "a warm restart needs the same folds"
         )
-    path = Path(init_run) / (FULL_DIR if fold is None else f"fold{fold}") / "last.pt"
+    path = RunDir(init_run).last(fold)
     state = load_checkpoint(path, map_location=device)
     try:
         model.load_state_dict(state["model"])
@@ -404,7 +291,7 @@ _HOW_TO_RUN = {"train.num_workers", "train.device"}
 
 def check_run_config(cfg: Config, run_dir: Path) -> None:
     """Raise :class:`ConfigError` if ``run_dir`` already holds a run with another config."""
-    existing = Path(run_dir) / "config.yaml"
+    existing = RunDir(run_dir).config
     if not existing.is_file():
         return
     before, after = _flatten(load_config(existing).to_dict()), _flatten(cfg.to_dict())
@@ -422,10 +309,6 @@ def _flatten(data: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-#: Folder (inside a run) of the model trained on every image (``fold=None``).
-FULL_DIR = "full"
 
 
 def train_fold(
@@ -448,29 +331,25 @@ def train_fold(
     stops early (the schedule still spans ``cfg.train.epochs``), which tests use to
     simulate an interruption.
     """
-    from dsb.models import build_model
-    from dsb.models.checkpoint import load_checkpoint, save_checkpoint
-
+    run = RunDir(run_dir)
     if fold is not None and not 0 <= fold < cfg.folds.n_folds:
         raise ConfigError(f"fold {fold} is out of range for folds.n_folds={cfg.folds.n_folds}")
     folds = prepare_run(cfg, run_dir, samples) if dist.is_main else None
     if dist.enabled:
         torch.distributed.barrier()
     if folds is None:
-        from dsb.data.folds import load_folds
-
-        folds = load_folds(run_dir / "folds.csv")
+        folds = load_folds(run.folds)
     fold_of = dict(zip(folds["image_id"], folds["fold"]))
     train_samples = [s for s in samples if fold is None or fold_of[s.image_id] != fold]
     val_samples = [s for s in samples if fold is not None and fold_of[s.image_id] == fold]
-    fold_dir = run_dir / (FULL_DIR if fold is None else f"fold{fold}")
+    fold_dir = run.model_dir(fold)
     fold_dir.mkdir(parents=True, exist_ok=True)
 
     seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device, dist)
-    amp_dtype = autocast_dtype(cfg.train.amp, device)
+    device = resolve_device(cfg.train.device, dist.local_rank if dist.enabled else None)
+    precision = amp_dtype(cfg.train.amp, device, training=True)
     model = build_model(cfg).to(device)
-    if cfg.train.init_from and not (resume and (fold_dir / "last.pt").is_file()):
+    if cfg.train.init_from and not (resume and run.last(fold).is_file()):
         init_weights(model, Path(cfg.train.init_from), fold, folds, device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -500,7 +379,7 @@ def train_fold(
                          num_workers=cfg.train.num_workers, persistent_workers=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = make_scheduler(optimizer, cfg, steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=(amp_dtype == torch.float16))
+    scaler = torch.amp.GradScaler(device.type, enabled=(precision == torch.float16))
     ema = None
     if cfg.train.ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -510,7 +389,7 @@ def train_fold(
 
     start_epoch, best_map, best_epoch = 0, -1.0, -1
     history: list[EpochRecord] = []
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    last_path, best_path = run.last(fold), run.best(fold)
     if resume and last_path.is_file():
         state = load_checkpoint(last_path, map_location=device)
         extra = state["extra"]
@@ -522,9 +401,9 @@ def train_fold(
             ema.load_state_dict(extra["ema"])
         start_epoch = int(extra["epoch"]) + 1
         best_map, best_epoch = float(extra["best_map"]), int(extra["best_epoch"])
-        history = [r for r in _read_history(fold_dir / "metrics.jsonl") if r.epoch < start_epoch]
+        history = [r for r in _read_history(run.metrics(fold)) if r.epoch < start_epoch]
     elif resume:
-        raise CheckpointError(f"{last_path}: nothing to resume (no last.pt in {fold_dir})")
+        raise CheckpointError(f"{last_path}: nothing to resume (no {last_path.name} in {fold_dir})")
 
     net: nn.Module = model
     if dist.enabled:
@@ -547,7 +426,7 @@ def train_fold(
         for step, (images, targets) in enumerate(loader):
             images = images.to(device, non_blocking=True).to(memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
+            with autocast(device, precision):
                 outputs = net(images)
             loss = loss_fn(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
@@ -580,7 +459,7 @@ def train_fold(
             if val_map > best_map:
                 best_map, best_epoch = val_map, epoch
                 save_checkpoint(best_path, eval_model, cfg, epoch=epoch, val_map=val_map, fold=fold)
-                write_oof(fold_dir, probs)
+                write_prob_folder(run.oof_dir(fold), probs)
         record = EpochRecord(
             epoch=epoch, loss=loss_sum / max(seen, 1), lr=optimizer.param_groups[0]["lr"],
             images_per_s=seen * dist.world_size / max(train_seconds, 1e-9), val_map=val_map,
@@ -588,7 +467,7 @@ def train_fold(
         )
         if dist.is_main:
             history.append(record)
-            _write_history(fold_dir / "metrics.jsonl", history)
+            _write_history(run.metrics(fold), history)
             save_checkpoint(
                 last_path, model, cfg, epoch=epoch, fold=fold, best_map=best_map, best_epoch=best_epoch,
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from dsb.errors import DsbError
 
 def _umask() -> int:
     """The process umask, read without changing it (os.umask would race other threads)."""
@@ -41,8 +42,6 @@ def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
     DsbError
         Naming the path and what is wrong with it.
     """
-    from dsb.errors import DsbError
-
     path = Path(path)
     if path.is_dir():
         raise DsbError(f"{what} {path}: is an existing folder; give a file name (e.g. {path / 'submission.csv'})")
@@ -56,8 +55,6 @@ def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
 
 def _check_writable_above(path: Path, start: Path, what: str) -> None:
     """The nearest existing folder at or above ``start`` must be a writable folder."""
-    from dsb.errors import DsbError
-
     parent = start
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -69,8 +66,6 @@ def _check_writable_above(path: Path, start: Path, what: str) -> None:
 
 def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Refuse, before any work, an output folder that is a file or under a file."""
-    from dsb.errors import DsbError
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DsbError(f"{what} {path}: exists and is not a folder")
@@ -85,8 +80,6 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     A crash or exception inside the ``with`` block leaves any existing ``path`` untouched
     and no partial file behind.
     """
-    from dsb.errors import DsbError
-
     path = Path(path)
     if path.is_dir():
         raise DsbError(f"{path}: is a folder; cannot write a file there")

@@ -29,11 +29,11 @@ def real_data() -> Path:
 
 
 def _precision_line() -> str:
-    from dsb.train import autocast_dtype, cpu_has_native_bf16
+    from dsb.device import amp_dtype, cpu_has_native_bf16
 
     import torch
 
-    auto = autocast_dtype("auto", torch.device("cpu"))
+    auto = amp_dtype("auto", torch.device("cpu"), training=True)
     name = "bf16 autocast" if auto == torch.bfloat16 else "fp32"
     native = "native bf16 (AVX512-BF16/AMX)" if cpu_has_native_bf16() else "no native bf16"
     return f"dsb: train.amp=auto trains in {name} on this CPU ({native}); inference runs in fp32"

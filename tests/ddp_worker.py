@@ -9,7 +9,9 @@ import torch
 import torch.distributed as dist
 
 from dsb.config import load_config
-from dsb.train import DistInfo, load_samples, train_fold
+from dsb.data.samples import load_samples
+from dsb.device import DistInfo
+from dsb.train import train_fold
 
 
 def main(cfg_path: str, run_dir: str, out_dir: str) -> None:

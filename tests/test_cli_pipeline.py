@@ -153,7 +153,7 @@ def test_predict_errors_are_clear(trained_run):
 
 def test_predict_with_rescaling(trained_run):
     from dsb.data.kaggle import open_stage
-    from dsb.evaluate import load_run_config
+    from dsb.rundir import load_run_config
     from dsb.infer.pipeline import predict_stage
     from dsb.models.checkpoint import load_model
 
@@ -205,12 +205,11 @@ def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatc
     assert payload["half"] and all(
         v.dtype == torch.float16 for v in payload["model"].values() if v.is_floating_point()
     )
-    from dsb.infer import pipeline
+    from dsb.rundir import resolve_checkpoints
 
-    monkeypatch.setattr(pipeline, "WEIGHTS_DIR", weights)
-    assert pipeline.resolve_checkpoints(["tiny-set"], weights_dir=weights) == [weights / "tiny-set" / "fold0.pt"]
+    assert resolve_checkpoints(["tiny-set"], weights_dir=weights) == [weights / "tiny-set" / "fold0.pt"]
     with pytest.raises(Exception, match="shipped sets: tiny-set"):
-        pipeline.resolve_checkpoints(["nope"], weights_dir=weights)
+        resolve_checkpoints(["nope"], weights_dir=weights)
     res = runner.invoke(app, ["export", str(root / "missing-run"), "x", "--weights-dir", str(weights)])
     assert res.exit_code == 2 and not (weights / "x").exists()
     res = runner.invoke(app, ["export", str(run), "y", "--folds", "1", "--weights-dir", str(weights)])

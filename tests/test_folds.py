@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dsb.rundir import RunDir
 from dsb.data.folds import load_folds, load_or_make_folds, make_folds
 from dsb.errors import DataError
 
@@ -26,13 +27,13 @@ def test_folds_are_stratified_balanced_and_deterministic():
 
 def test_folds_file_is_reused_and_checked(tmp_path):
     ids, types = _ids(12), ["a"] * 12
-    first = load_or_make_folds(tmp_path, ids, types, 3, seed=0)
-    again = load_or_make_folds(tmp_path, ids, types, 3, seed=99)  # seed ignored: file reused
+    first = load_or_make_folds(RunDir(tmp_path).folds, ids, types, 3, seed=0)
+    again = load_or_make_folds(RunDir(tmp_path).folds, ids, types, 3, seed=99)  # seed ignored: file reused
     pd.testing.assert_frame_equal(first, again)
     with pytest.raises(DataError, match="differ"):
-        load_or_make_folds(tmp_path, _ids(13), ["a"] * 13, 3, seed=0)
+        load_or_make_folds(RunDir(tmp_path).folds, _ids(13), ["a"] * 13, 3, seed=0)
     with pytest.raises(DataError, match="folds"):
-        load_or_make_folds(tmp_path, ids, types, 4, seed=0)
+        load_or_make_folds(RunDir(tmp_path).folds, ids, types, 4, seed=0)
 
 
 def test_too_few_images():
@@ -69,5 +70,5 @@ def test_grouped_folds_need_enough_groups_and_round_trip(tmp_path):
     with pytest.raises(DataError, match="3 experiment group"):
         make_folds(ids, types, 4, groups=groups)
     ids, types, groups = _grouped_data()
-    made = load_or_make_folds(tmp_path, ids, types, 4, seed=0, groups=groups)
+    made = load_or_make_folds(RunDir(tmp_path).folds, ids, types, 4, seed=0, groups=groups)
     pd.testing.assert_frame_equal(made, load_folds(tmp_path / "folds.csv"))

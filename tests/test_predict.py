@@ -13,7 +13,8 @@ from torch import nn
 
 from dsb.config import Config, InferConfig
 from dsb.errors import CheckpointError
-from dsb.infer.predict import Predictor, find_checkpoints, iter_predictions, load_models, predict_probs
+from dsb.infer.predict import Predictor, iter_predictions, load_models, predict_probs
+from dsb.rundir import resolve_checkpoints
 from dsb.infer.tta import TRANSFORMS, tta_transforms
 
 CHANNELS = ["body", "border", "touching"]
@@ -284,7 +285,7 @@ def test_load_models_list_and_single_file(fake_checkpoints):
     b = make("single/best.pt", ["body", "border"])
     models, cfg = load_models([a, str(b.parent)], device="cpu")
     assert len(models) == 2 and cfg.targets.channels == ["body", "border"]
-    assert find_checkpoints(a) == [a]
+    assert resolve_checkpoints(a) == [a]
 
 
 def test_load_models_channel_mismatch_names_checkpoint(fake_checkpoints):

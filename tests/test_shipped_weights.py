@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dsb.export import MANIFEST, file_sha256
-from dsb.infer.pipeline import WEIGHTS_DIR, resolve_checkpoints
+from dsb.export import file_sha256
+from dsb.rundir import MANIFEST, WEIGHTS_DIR, resolve_checkpoints
 
 SHIPPED = "unetpp_r18_grouped"
 SET_DIR = WEIGHTS_DIR / SHIPPED

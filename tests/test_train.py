@@ -18,7 +18,9 @@ import torch
 from dsb.config import config_from_dict, save_config
 from dsb.errors import ConfigError
 from dsb.data.dataset import EpochDataset
-from dsb.train import SegLoss, autocast_dtype, evaluate_samples, load_samples, train_fold
+from dsb.data.samples import load_samples
+from dsb.device import amp_dtype, autocast
+from dsb.train import SegLoss, check_run_config, evaluate_samples, seed_everything, train_fold, update_ema
 
 TINY = {
     "name": "tiny",
@@ -71,7 +73,7 @@ def test_loss_is_lower_for_right_answers():
 
 #: What `train.amp: auto` trains in on this CPU: bf16 with native bf16, else fp32. The
 #: learning test runs in it (its id says which); the fit-a-batch test forces both.
-AUTO_PRECISION = "bf16" if autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
+AUTO_PRECISION = "bf16" if amp_dtype("auto", torch.device("cpu"), training=True) == torch.bfloat16 else "fp32"
 
 
 def learning_cfg(**train):
@@ -92,7 +94,7 @@ def test_short_training_beats_an_untrained_model(precision, tmp_path):
     from dsb.models import build_model
 
     cfg = learning_cfg()
-    assert autocast_dtype(cfg.train.amp, torch.device("cpu")) == (torch.bfloat16 if precision == "bf16" else None)
+    assert amp_dtype(cfg.train.amp, torch.device("cpu"), training=True) == (torch.bfloat16 if precision == "bf16" else None)
     samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
     result = train_fold(cfg, tmp_path / "run", 0, samples)
     fold_dir = tmp_path / "run" / "fold0"
@@ -120,10 +122,9 @@ def test_training_step_fits_a_batch_in_each_precision(precision, samples):
     """The training step of `train_fold` (autocast as train.amp says, the loss in fp32,
     AdamW, gradient clipping) fits a fixed batch in fp32 and in bf16 on any CPU."""
     from dsb.models import build_model
-    from dsb.train import autocast, autocast_dtype, seed_everything
 
     cfg = tiny_cfg(amp=PRECISIONS[precision])
-    dtype = autocast_dtype(cfg.train.amp, torch.device("cpu"))
+    dtype = amp_dtype(cfg.train.amp, torch.device("cpu"), training=True)
     assert dtype == (torch.bfloat16 if precision == "bf16" else None)
     data = EpochDataset(samples, dataclasses.replace(cfg.augment, crop_px=64), cfg.targets, length=4, seed=0)
     images = torch.stack([data[i][0] for i in range(4)])
@@ -222,7 +223,6 @@ def test_validation_leaves_a_training_model_in_training_mode(samples):
 
 
 def test_a_run_folder_holds_one_config(tmp_path):
-    from dsb.train import check_run_config
 
     cfg = tiny_cfg()
     check_run_config(cfg, tmp_path)  # no run yet
@@ -287,7 +287,6 @@ def test_ema_model_keeps_the_live_batchnorm_statistics():
     """An EMA of a model trained from scratch must predict with the current BatchNorm
     statistics, not the initial ones (AveragedModel averages parameters only)."""
     from dsb.models import build_model
-    from dsb.train import update_ema
 
     cfg = tiny_cfg()
     model = build_model(cfg).train()

@@ -21,6 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from dsb.config import AugmentConfig, TargetsConfig
+from dsb.data.imagetypes import is_light_background
+from dsb.data.targets import make_targets as default_make_targets
 
 
 @dataclass
@@ -42,8 +44,6 @@ def prepare_image(image: np.ndarray, invert_light_background: bool) -> np.ndarra
     """
     if not invert_light_background:
         return image
-    from dsb.data.imagetypes import is_light_background
-
     as_float = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
     if not is_light_background(as_float):
         return image
@@ -167,9 +167,7 @@ class EpochDataset(Dataset):
         self.length = int(length)
         self.seed = int(seed)
         self.transform = build_augmentation(augment, train=True)
-        if make_targets is None:
-            from dsb.data.targets import make_targets
-        self._make_targets = make_targets
+        self._make_targets = make_targets if make_targets is not None else default_make_targets
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:

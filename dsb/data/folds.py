@@ -24,10 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from dsb.errors import DataError
+from dsb.errors import ConfigError, DataError
 from dsb.utils import atomic_write
-
-FOLDS_FILE = "folds.csv"
 
 
 def make_folds(
@@ -103,12 +101,13 @@ def load_folds(path: Path) -> pd.DataFrame:
 
 
 def load_or_make_folds(
-    run_dir: Path, image_ids: Sequence[str], image_types: Sequence[str], n_folds: int, seed: int,
+    path: Path, image_ids: Sequence[str], image_types: Sequence[str], n_folds: int, seed: int,
     groups: Optional[Sequence[str]] = None,
 ) -> pd.DataFrame:
-    """Reuse ``run_dir/folds.csv`` if present (checking it covers the same images);
-    otherwise make the folds (grouped when ``groups`` is given) and save them."""
-    path = Path(run_dir) / FOLDS_FILE
+    """Reuse the folds file ``path`` (a run's :attr:`dsb.rundir.RunDir.folds`) if present,
+    checking it covers the same images; otherwise make the folds (grouped when ``groups``
+    is given) and save them there."""
+    path = Path(path)
     if path.is_file():
         frame = load_folds(path)
         if set(frame["image_id"]) != set(image_ids):
@@ -122,3 +121,27 @@ def load_or_make_folds(
     frame = make_folds(image_ids, image_types, n_folds, seed, groups=groups)
     save_folds(frame, path)
     return frame
+
+
+def parse_folds(spec: Optional[str], n_folds: Optional[int] = None) -> Optional[list[int]]:
+    """Folds from a command line: ``None`` (not given), ``all`` (every fold; needs
+    ``n_folds``) or a comma-separated list like ``0,2``, checked against ``n_folds``.
+
+    >>> parse_folds("0, 2", 4), parse_folds("all", 3), parse_folds(None)
+    ([0, 2], [0, 1, 2], None)
+    """
+    if spec is None:
+        return None
+    if spec.strip() == "all" and n_folds is not None:
+        return list(range(n_folds))
+    try:
+        chosen = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        allowed = "'all' or " if n_folds is not None else ""
+        raise ConfigError(f"--folds: expected {allowed}a comma-separated list like 0,2, got {spec!r}") from None
+    if not chosen:
+        raise ConfigError(f"--folds: no fold given ({spec!r}); expected a list like 0,2")
+    bad = [f for f in chosen if n_folds is not None and not 0 <= f < n_folds]
+    if bad:
+        raise ConfigError(f"--folds: fold(s) {bad} out of range 0..{n_folds - 1}")
+    return chosen

@@ -37,6 +37,9 @@ from typing import Sequence
 
 import numpy as np
 
+from dsb.data.dataset import prepare_image
+from dsb.data.imagetypes import classify_image
+
 __all__ = ["DEFAULT_THRESHOLD", "image_features", "assign_groups"]
 
 #: Distance (in dataset-standardised feature units) at which clusters stop merging.
@@ -155,9 +158,6 @@ def stage_groups(stage, threshold: float = DEFAULT_THRESHOLD, invert_light_backg
     Returns ``{image_id: {"group", "image_type", "height", "width"}}``; ``progress`` is called
     with the number of images read.
     """
-    from dsb.data.dataset import prepare_image
-    from dsb.data.imagetypes import classify_image
-
     ids, images, kinds = [], [], []
     image_ids = stage.labelled_ids if stage.has_labels else stage.image_ids
     for done, image_id in enumerate(image_ids, 1):

@@ -23,6 +23,8 @@ from typing import Literal, Sequence
 import numpy as np
 
 from dsb.errors import DataError
+from dsb.data.kaggle import open_stage
+from dsb.data.kaggle import sixteen_bit_scale
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSource", "collect_inputs", "read_image_file", "select_channels",
            "to_model_uint8", "NormalizeMode"]
@@ -65,8 +67,6 @@ class ImageSource:
         read as ``dsb predict`` reads them)."""
         if self.path is not None:
             return read_image_file(self.path)
-        from dsb.data.kaggle import open_stage
-
         cache = stage_cache if stage_cache is not None else {}
         stage = cache.get(self.stage_path)
         if stage is None:
@@ -88,8 +88,6 @@ def _stem(path: Path) -> str:
 
 def _stage_sources(path: Path) -> list[ImageSource] | None:
     """The images of a Kaggle stage at ``path``, or None when it is not one."""
-    from dsb.data.kaggle import open_stage
-
     try:
         stage = open_stage(path, labels=None)
     except DataError:
@@ -334,8 +332,6 @@ def to_model_uint8(pixels: np.ndarray, mode: NormalizeMode = "auto",
         out = pixels
     elif mode == "none":
         if pixels.dtype == np.uint16:
-            from dsb.data.kaggle import sixteen_bit_scale
-
             scale = sixteen_bit_scale(pixels)
             out = ((pixels.astype(np.uint32) * 255 + scale // 2) // scale).astype(np.uint8)
         elif pixels.dtype.kind == "f":

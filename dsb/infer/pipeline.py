@@ -19,32 +19,52 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from dsb.config import Config
-from dsb.errors import CheckpointError
+from dsb.config import Config, override_config
+from dsb.data.dataset import prepare_image
+from dsb.device import resolve_device
+from dsb.infer.predict import Predictor, load_models
+from dsb.infer.rescale import predict_rescaled
+from dsb.postprocess import labels_from_probs
+from dsb.postprocess.filter import InstanceFilter, load_filter
+from dsb.probmaps import quantise_probs
+from dsb.rle import label_map_to_rows
+from dsb.rundir import FILTER_FILE, is_run_dir, load_run_config, resolve_checkpoints
+from dsb.submission import write_submission
+from dsb.viz import overlay_instances, save_png
 
-#: Shipped checkpoint sets live here (``weights/<name>/*.pt``), found by name.
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+
+@dataclass
+class Ensemble:
+    """What a prediction needs from ``--checkpoint`` specs: the models, the config they
+    predict with (a run folder's tuned postprocessing applied), their files, the instance
+    filter shipped beside them (or None) and the device."""
+
+    models: list
+    cfg: Config
+    paths: list[Path]
+    instance_filter: Optional[InstanceFilter]
+    device: str
 
 
-def resolve_checkpoints(specs: Sequence[str | Path], weights_dir: Path = WEIGHTS_DIR) -> list[Path]:
-    """Checkpoint files for ``--checkpoint`` values.
+def load_ensemble(
+    specs: Sequence[str | Path], device: str = "auto", overrides: Sequence[str] = (), use_filter: bool = True,
+) -> Ensemble:
+    """Load the models of ``specs`` (files, run folders, set folders or shipped set names;
+    :func:`dsb.rundir.resolve_checkpoints`) for prediction.
 
-    Each spec is a ``.pt`` file, a run folder (its ``fold*/best.pt``), a folder of
-    ``.pt`` files (a shipped set), or the name of a shipped set under ``weights/``.
+    The config is the first checkpoint's; a run folder among the specs contributes its
+    tuned thresholds (``dsb tune``); ``overrides`` (``section.key=value``) apply last.
     """
-    from dsb.infer.predict import find_checkpoints
-
-    paths: list[Path] = []
+    paths = resolve_checkpoints(specs)
+    dev = resolve_device(device)
+    models, cfg = load_models(paths, device=str(dev))
     for spec in specs:
-        path = Path(spec)
-        if not path.exists() and (weights_dir / str(spec)).exists():
-            path = weights_dir / str(spec)
-        if not path.exists():
-            shipped = sorted(p.name for p in weights_dir.iterdir() if p.is_dir()) if weights_dir.is_dir() else []
-            hint = f" (shipped sets: {', '.join(shipped)})" if shipped else ""
-            raise CheckpointError(f"{spec}: no such checkpoint file, run folder or shipped set{hint}")
-        paths.extend(find_checkpoints(path))
-    return paths
+        if is_run_dir(spec):
+            cfg = dataclasses.replace(cfg, postprocess=load_run_config(spec).postprocess)
+    if overrides:
+        cfg = override_config(cfg, list(overrides))
+    instance_filter = find_instance_filter(paths) if use_filter else None
+    return Ensemble(models=models, cfg=cfg, paths=paths, instance_filter=instance_filter, device=str(dev))
 
 
 @dataclass
@@ -65,8 +85,6 @@ def find_instance_filter(checkpoints: Sequence[Path]):
     """The instance filter (:mod:`dsb.postprocess.filter`) shipped beside ``checkpoints``:
     ``instance_filter.pkl`` in a shipped set's folder or a run folder (above ``fold<k>/``);
     None if there is none."""
-    from dsb.postprocess.filter import FILTER_FILE, load_filter
-
     for path in checkpoints:
         for folder in (Path(path).parent, Path(path).parent.parent):
             if (folder / FILTER_FILE).is_file():
@@ -75,8 +93,6 @@ def find_instance_filter(checkpoints: Sequence[Path]):
 
 
 def _postprocess(image_id, probs, channels, post_cfg, keep_image, overlays_dir, want_overlay, instance_filter=None):
-    from dsb.postprocess import labels_from_probs
-    from dsb.rle import label_map_to_rows
 
     t0 = time.perf_counter()
     label_map = labels_from_probs(probs, channels, post_cfg)
@@ -85,8 +101,6 @@ def _postprocess(image_id, probs, channels, post_cfg, keep_image, overlays_dir, 
     rows = label_map_to_rows(image_id, label_map)
     overlay_path = None
     if want_overlay and overlays_dir is not None:
-        from dsb.viz import overlay_instances, save_png
-
         overlay_path = save_png(Path(overlays_dir) / f"{image_id}.png", overlay_instances(keep_image, label_map))
     return image_id, label_map, rows, overlay_path, time.perf_counter() - t0
 
@@ -116,11 +130,6 @@ def predict_stage(
     :class:`~dsb.postprocess.filter.InstanceFilter`) drops instances it predicts false. Writing is atomic and the file is validated before it
     is written (every image gets a row, empty where nothing was found).
     """
-    from dsb.data.dataset import prepare_image
-    from dsb.infer.predict import Predictor
-    from dsb.infer.rescale import predict_rescaled
-    from dsb.submission import write_submission
-
     ids = list(image_ids) if image_ids is not None else list(stage.image_ids)
     predictor = Predictor(
         models, cfg.targets.channels, dataclasses.replace(cfg.infer, tta=tta or cfg.infer.tta), device=device
@@ -158,8 +167,6 @@ def predict_stage(
             scales[image_id] = scale
             model_seconds += time.perf_counter() - t0
             if save_probs_dir is not None:
-                from dsb.train import quantise_probs
-
                 Path(save_probs_dir).mkdir(parents=True, exist_ok=True)
                 np.save(Path(save_probs_dir) / f"{image_id}.npy", quantise_probs(probs))
             want_overlay = max_overlays is None or index < max_overlays

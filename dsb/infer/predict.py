@@ -28,48 +28,23 @@ How an image is predicted:
 from __future__ import annotations
 
 import dataclasses
-from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from dsb.config import InferConfig
+from dsb.device import AmpMode, amp_dtype, autocast, resolve_device
 from dsb.errors import CheckpointError
+from dsb.models.checkpoint import load_model
+from dsb.rundir import resolve_checkpoints
 from dsb.infer.tiling import predict_tiled
 from dsb.infer.tta import MergeMode, TtaMode, tta_predict, tta_transforms
 
 if TYPE_CHECKING:  # pragma: no cover
     from dsb.config import Config
-
-AmpMode = Literal["auto", "off", "bf16", "fp16"]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` means CUDA when available, else CPU; anything else is passed to torch."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_amp(amp: AmpMode, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (``None``: full float32).
-
-    ``"auto"`` is fp16 on CUDA and off on CPU (bf16 is only faster on CPUs with AMX, and
-    costs accuracy); ``"bf16"``/``"fp16"`` force one.
-    """
-    if amp == "off":
-        return None
-    if amp == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    raise ValueError(f"unknown amp {amp!r}; choose from auto, off, bf16, fp16")
-
 
 class Predictor:
     """Fold ensemble + TTA + tiling: image ``H x W x C`` -> probabilities ``K x H x W``.
@@ -87,7 +62,7 @@ class Predictor:
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     amp : ``"auto"``, ``"off"``, ``"bf16"`` or ``"fp16"``
-        Autocast for the forward passes (see :func:`resolve_amp`).
+        Autocast for the forward passes (see :func:`dsb.device.amp_dtype`; ``auto`` is fp32 on CPU).
     max_batch_px : int, optional
         Input pixels per forward pass; defaults to ``infer_cfg.max_full_px``.
     channels_last : bool
@@ -120,7 +95,7 @@ class Predictor:
         if cfg.max_full_px < 1:
             raise ValueError(f"infer.max_full_px must be positive, got {cfg.max_full_px}")
         self.device = resolve_device(device)
-        self.amp_dtype = resolve_amp(amp, self.device)
+        self.amp_dtype = amp_dtype(amp, self.device, training=False)
         self.channels_last = channels_last
         self.models = [m.to(self.device).eval() for m in models]
         if channels_last:
@@ -164,13 +139,9 @@ class Predictor:
 
     def _forward_probs(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Sigmoid of the model's logits, float32, for a batch ``n x C x h x w``."""
-        if self.amp_dtype is not None:
-            ctx = torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-        else:
-            ctx = nullcontext()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with ctx:
+        with autocast(self.device, self.amp_dtype):
             logits = model(x)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or logits.shape[-2:] != x.shape[-2:]:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -280,24 +251,6 @@ def predict_probs(
     return predictor.predict(image)
 
 
-def find_checkpoints(path: str | Path) -> list[Path]:
-    """A checkpoint file itself, a run folder's ``fold*/best.pt`` (else its ``best.pt``),
-    or a folder of ``*.pt`` files (a shipped checkpoint set)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        found = sorted(path.glob("fold*/best.pt"))
-        if not found and (path / "best.pt").is_file():
-            found = [path / "best.pt"]
-        if not found:
-            found = sorted(path.glob("*.pt"))
-        if not found:
-            raise CheckpointError(f"{path}: no fold*/best.pt, best.pt or *.pt checkpoints in this folder")
-        return found
-    raise CheckpointError(f"{path}: checkpoint or run folder not found")
-
-
 def load_models(
     checkpoints: str | Path | Sequence[str | Path],
     device: str | torch.device = "cpu",
@@ -307,7 +260,8 @@ def load_models(
     Parameters
     ----------
     checkpoints : path or sequence of paths
-        Checkpoint files, or run folders holding ``fold*/best.pt`` (folds in name order).
+        Checkpoint files, run folders (their ``fold*/best.pt``, in fold order), shipped
+        set folders or names (:func:`dsb.rundir.resolve_checkpoints`).
     device : where to put the models.
 
     Returns
@@ -320,12 +274,10 @@ def load_models(
         No checkpoint found, or checkpoints that predict different target channels (the
         message names the odd one out).
     """
-    from dsb.models.checkpoint import load_model  # imported here: optional at import time
-
     paths_in = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     if not paths_in:
         raise CheckpointError("no checkpoints given")
-    paths = [p for item in paths_in for p in find_checkpoints(item)]
+    paths = resolve_checkpoints(paths_in)
     dev = resolve_device(device)
     models: list[nn.Module] = []
     first_cfg = None

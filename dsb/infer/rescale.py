@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from dsb.config import InferConfig, PostprocessConfig
+from dsb.postprocess import labels_from_probs
 
 #: A chosen scale this close to 1 keeps the first pass (not worth a second one).
 RESCALE_TOLERANCE = 0.1
@@ -85,8 +86,6 @@ def predict_rescaled(
     ``predictor`` is a :class:`dsb.infer.Predictor`; ``image`` is ``H x W x C`` float in
     [0, 1]. With ``infer.rescale_area_px == 0`` this is one ``predictor.predict(image)``.
     """
-    from dsb.postprocess import labels_from_probs
-
     probs = predictor.predict(image)
     if not infer.rescale_area_px:
         return probs, 1.0

@@ -26,11 +26,9 @@ from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 
 from dsb.errors import CheckpointError
+from dsb.utils import atomic_write
 
-__all__ = ["FEATURES", "InstanceFilter", "instance_features", "instance_ious", "load_filter", "FILTER_FILE"]
-
-#: File name of a fitted filter beside a run's or a shipped set's checkpoints.
-FILTER_FILE = "instance_filter.pkl"
+__all__ = ["FEATURES", "InstanceFilter", "instance_features", "instance_ious", "load_filter"]
 
 FEATURES = (
     "log_area", "perimeter_ratio", "solidity", "eccentricity", "extent", "axis_ratio",
@@ -114,8 +112,6 @@ class InstanceFilter:
         return new_ids[label_map]
 
     def save(self, path: str | Path) -> Path:
-        from dsb.utils import atomic_write
-
         with atomic_write(path, "wb") as fh:
             pickle.dump({"format": "dsb-instance-filter-1", "model": self.model, "threshold": self.threshold,
                          "channels": list(self.channels), "features": list(FEATURES)}, fh)

@@ -1,0 +1,68 @@
+"""`dsb evaluate`: a run's out-of-fold score, per image type, threshold and error kind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cli.common import console, dsb_command, stdout
+from dsb.evaluate import run_evaluation
+from dsb.metrics import THRESHOLDS
+from dsb.report import write_figures
+from dsb.rundir import load_run_config
+
+_SHORT = {"n_true": "true", "n_pred": "pred", "small_true": "small", "small_missed_rate": "small missed",
+          "area_ratio": "area pred/true"}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("evaluate")
+    @dsb_command
+    def evaluate_cmd(
+        run_dir: Annotated[Path, typer.Argument(help="A training run folder.")],
+        out_csv: Annotated[Optional[Path], typer.Option("--out", help="Per-image CSV (default RUN_DIR/oof_scores.csv).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+        labels: Annotated[Optional[str], typer.Option(
+            "--labels", help="Score against other labels: 'masks' or an RLE CSV (default: the run's data.labels).")] = None,
+        figures: Annotated[Optional[Path], typer.Option(
+            "--figures", help="Folder for training_curves.png and overlays.png (typical images per type).")] = None,
+    ) -> None:
+        """Score a run's out-of-fold predictions: overall, per image type, per threshold."""
+        report = run_evaluation(run_dir, out_csv, labels)
+        written = []
+        if figures is not None:
+            written = write_figures(run_dir, figures, report.per_image, report.truths, report.preds,
+                                    load_run_config(run_dir).data)
+        if as_json:
+            stdout.print_json(json.dumps({**report.to_dict(), "figures": [str(p) for p in written]}))
+            return
+        lo, hi = report.interval
+        console.print(f"[bold]out-of-fold mAP {report.score.map:.4f}[/] over {report.score.n_images} images, "
+                      f"95% interval {lo:.4f}-{hi:.4f} (bootstrap over {report.n_groups} {report.interval_unit})")
+        table = Table(title="per image type")
+        for col in ("image type", "images", "mAP"):
+            table.add_column(col)
+        for r in report.per_type.itertuples():
+            table.add_row(r.image_type, str(r.n_images), f"{r.map:.4f}")
+        console.print(table)
+        thr = Table(title="per IoU threshold")
+        thr.add_column("t")
+        thr.add_column("TP/(TP+FP+FN)")
+        for t, v in zip(THRESHOLDS, report.score.per_threshold):
+            thr.add_row(f"{t:.2f}", f"{v:.4f}")
+        console.print(thr)
+        kinds = Table(title="error kinds at IoU 0.5 (nuclei; small = under 100 px)")
+        names = list(report.error_kinds)
+        kinds.add_column("image type", no_wrap=True)
+        for name in names:
+            kinds.add_column(_SHORT.get(name, name.replace("_", " ")), justify="right")
+        for image_type, values in [*report.error_kinds_per_type.items(), ("[bold]all", report.error_kinds)]:
+            kinds.add_row(image_type, *(f"{values[n]:.3f}" if isinstance(values[n], float) else str(values[n]) for n in names))
+        console.print(kinds)
+        console.print(f"per-image scores: {report.per_image_csv}")
+        for p in written:
+            console.print(f"figure: {p}", soft_wrap=True)

@@ -1,0 +1,39 @@
+"""`dsb export`: ship a run as a named fp16 checkpoint set with its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.common import console, dsb_command
+from dsb.data.folds import parse_folds
+from dsb.export import ship_run
+from dsb.rundir import WEIGHTS_DIR
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    @dsb_command
+    def export_cmd(
+        run_dir: Annotated[Path, typer.Argument(help="A training run folder (fold*/best.pt).")],
+        name: Annotated[str, typer.Argument(help="Name of the checkpoint set (dsb predict --checkpoint NAME).")],
+        weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Where shipped sets live.")] = WEIGHTS_DIR,
+        folds: Annotated[Optional[str], typer.Option(help="Ship only these folds' models, like 2 or 0,1 (default: all).")] = None,
+        full: Annotated[bool, typer.Option("--full", help="Ship the model trained on every image (dsb train --full).")] = False,
+        set_: Annotated[Optional[list[str]], typer.Option(
+            "--set", help="How the set predicts: infer.key=value or postprocess.key=value (e.g. infer.rescale_area_px=700).")] = None,
+    ) -> None:
+        """Ship a run as a named fp16 checkpoint set with a manifest (config, command, data checksum, OOF score).
+
+        The out-of-fold mAP over all the run's folds and each shipped fold's own held-out
+        mAP (with the tuned postprocessing) are scored here and recorded in manifest.json.
+        """
+        out, report = ship_run(run_dir, name, weights_dir, folds=parse_folds(folds), full=full, overrides=set_ or (),
+                               on_scoring=lambda: console.print("scoring the out-of-fold predictions ..."))
+        console.print(f"exported {run_dir} -> [bold]{out}[/]", soft_wrap=True)
+        if report is not None:
+            held_out = {int(r.fold): float(r.map) for r in report.per_fold.itertuples()}
+            console.print(f"out-of-fold mAP {report.score.map:.4f}{' (the estimate for the full-data model)' if full else ''}; "
+                          "held out per fold: " + ", ".join(f"{k}: {v:.4f}" for k, v in sorted(held_out.items())))

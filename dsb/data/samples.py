@@ -1,0 +1,54 @@
+"""Labelled training images in memory, and their experiment groups.
+
+A :class:`~dsb.data.dataset.Sample` is one image prepared for the model (uint8, light
+backgrounds inverted when asked) with its int32 label map and image type. Training,
+evaluation and the demo all start from :func:`load_samples`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from dsb.config import DataConfig
+from dsb.data.dataset import Sample, prepare_image
+from dsb.data.groups import assign_groups
+from dsb.data.imagetypes import classify_image
+from dsb.data.kaggle import open_stage
+from dsb.data.synthetic import generate_samples
+from dsb.errors import DataError
+
+__all__ = ["Sample", "load_samples", "sample_groups"]
+
+
+def load_samples(data: DataConfig, invert_light_background: bool) -> list[Sample]:
+    """All labelled training images of ``data`` (a Kaggle folder or zip with masks or an
+    RLE CSV, or ``synthetic``) in memory: uint8 images, int32 label maps."""
+    if data.path == "synthetic":
+        items = generate_samples(n=data.synthetic_n, seed=data.synthetic_seed)
+    else:
+        stage = open_stage(data.path, labels=data.labels)
+        if not stage.has_labels:
+            raise DataError(f"{data.path}: has no instance labels (masks/ or data.labels CSV)")
+        items = ((i, stage.read_image_uint8(i), stage.read_label_map(i)) for i in stage.labelled_ids)
+    samples = []
+    for image_id, image, label_map in items:
+        image_type = classify_image(image.astype(np.float32) / 255.0)
+        samples.append(Sample(image_id, prepare_image(image, invert_light_background), label_map, image_type))
+    return samples
+
+
+_GROUP_CACHE: dict = {}
+
+
+def sample_groups(samples: Sequence[Sample], threshold: float) -> list[str]:
+    """The experiment group of each sample (:func:`dsb.data.groups.assign_groups`), cached
+    per process for the same images and threshold."""
+    key = (tuple(s.image_id for s in samples), float(threshold))
+    if key not in _GROUP_CACHE:
+        groups = assign_groups([s.image_id for s in samples], [s.image for s in samples],
+                               [s.image_type for s in samples], threshold)
+        _GROUP_CACHE.clear()
+        _GROUP_CACHE[key] = [groups[s.image_id] for s in samples]
+    return _GROUP_CACHE[key]
