@@ -10,12 +10,17 @@ import os
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 from dsb.config import Config
 from dsb.errors import CheckpointError, ConfigError
 from dsb.models import DsbUNetPlusPlus, build_model, load_checkpoint, load_model, save_checkpoint
-from dsb.models.unetpp import _staged_features
+from dsb.models.decoder import UNetPlusPlusDecoder
+from dsb.models.encoder import encoder_features, feature_channels, feature_reductions, upgrade_encoder_state
+from dsb.models.heads import SegmentationHeads
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY5 = [16, 16, 8, 8, 8]
 TINY4 = [16, 8, 8, 8]
@@ -58,7 +63,8 @@ def perturb_bn(model: torch.nn.Module) -> None:
 def test_train_and_eval_shapes(encoder, depth, decoder):
     model = make(encoder, depth, decoder)
     assert model.depth == depth - 1
-    assert model.reductions == list(model.encoder.feature_info.reduction())
+    features_only = timm.create_model(encoder, features_only=True, out_indices=tuple(range(depth)))
+    assert model.reductions == feature_reductions(model.encoder, depth) == list(features_only.feature_info.reduction())
     x = torch.rand(2, 3, 64, 64)
     outs = model.train()(x)
     assert isinstance(outs, list) and len(outs) == depth - 1  # one head per nested top output
@@ -130,7 +136,7 @@ def test_fast_mode_equals_its_head_and_runs_fewer_nodes(encoder, depth, decoder)
 def test_fast_mode_skips_deep_encoder_stages():
     for encoder, deepest in [("resnet18", "layer4"), ("efficientnet_b0", None)]:
         model = make(encoder).eval()
-        module = model.encoder[deepest] if deepest else model.encoder.blocks[-1]
+        module = getattr(model.encoder, deepest) if deepest else model.encoder.blocks[-1]
         ran = []
         module.register_forward_hook(lambda *_, ran=ran: ran.append(1))
         with torch.no_grad():
@@ -140,17 +146,66 @@ def test_fast_mode_skips_deep_encoder_stages():
             assert ran
 
 
-@pytest.mark.parametrize("encoder, depth, decoder", ENCODERS)
-def test_staged_encoder_matches_full_encoder(encoder, depth, decoder):
+def features_only_twin(model: DsbUNetPlusPlus, encoder: str, depth: int) -> torch.nn.Module:
+    """timm's ``features_only`` wrapper of the same network (the encoder of dsb before the
+    split), holding ``model``'s encoder weights."""
+    twin = timm.create_model(encoder, features_only=True, out_indices=tuple(range(depth))).eval()
+    ours = model.encoder.state_dict()
+    weights = {}
+    for old in twin.state_dict():
+        (new,) = upgrade_encoder_state({old: None}, ours.keys())  # its name -> ours
+        if new in ours:
+            weights[old] = ours[new]
+    assert len(weights) == len(ours)
+    twin.load_state_dict(weights, strict=False)  # the rest: stages past the last level, never used
+    return twin
+
+
+SHALLOW = [("resnet18", 3, [16, 8, 8]), ("efficientnet_b0", 4, TINY4)]  # pruned below full depth
+
+
+@pytest.mark.parametrize("encoder, depth, decoder", ENCODERS + SHALLOW)
+def test_encoder_features_match_timm_features_only(encoder, depth, decoder):
+    """Every prefix of the levels is exactly what timm's features_only model returns."""
     model = make(encoder, depth, decoder).eval()
+    perturb_bn(model)
+    twin = features_only_twin(model, encoder, depth)
+    assert feature_channels(model.encoder, depth) == list(twin.feature_info.channels())
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        full = model.encoder(x)
+        full = twin(x)
         for n in range(1, depth + 1):
-            staged = _staged_features(model.encoder, x, n)
+            staged = encoder_features(model.encoder, x, n)
             assert len(staged) == n
             for a, b in zip(staged, full):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_model_is_encoder_decoder_heads():
+    """The parts compose as the model does: normalise + pad, encoder, decoder, heads, crop."""
+    model = make().eval()
+    perturb_bn(model)
+    assert isinstance(model.decoder, UNetPlusPlusDecoder) and model.decoder is model.nodes
+    assert isinstance(model.heads, SegmentationHeads)
+    assert [name for name, _ in model.named_children()] == ["encoder", "nodes", "heads"]
+    x = torch.rand(2, 3, 40, 56)
+    with torch.no_grad():
+        prepared = model.prepare_input(x, 32)
+        assert prepared.shape == (2, 3, 64, 64)
+        top_row = model.decoder(encoder_features(model.encoder, prepared, 5))
+        assert [t.shape[1:] for t in top_row] == [(8, 32, 32)] * 4  # X(0, d): c_0 channels at stride 2
+        by_parts = [y[..., :40, :56] for y in model.heads(top_row, [1, 2, 3, 4], (64, 64))]
+        for a, b in zip(by_parts, model.forward_heads(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_no_private_timm_api():
+    """dsb.models uses timm's public API only (create_model, feature_info,
+    forward_intermediates, prune_intermediate_layers)."""
+    for path in sorted((REPO / "dsb" / "models").glob("*.py")):
+        text = path.read_text()
+        for private in ("timm.models._", "_stage_out_idx", "return_layers", "FeatureDictNet", "conv_stem"):
+            assert private not in text, f"{path.name} uses {private}"
 
 
 def test_training_ignores_mode_and_without_deep_supervision_has_one_head():
@@ -460,3 +515,96 @@ def test_incompatible_checkpoints(tmp_path):
     torch.save(bad_cfg, tmp_path / "badcfg.pt")
     with pytest.raises(CheckpointError, match="badcfg.pt: its stored config is not valid"):
         load_model(tmp_path / "badcfg.pt")
+
+
+# --- compatibility with checkpoints of earlier dsb versions -------------------------------
+
+
+def old_layout_state(model: DsbUNetPlusPlus, encoder: str, depth: int) -> dict:
+    """``model``'s weights as dsb saved them before the encoder split: the encoder was
+    timm's features_only wrapper (flattened ``stem_0`` names for ConvNeXt, EfficientNet
+    stages past the deepest level kept)."""
+    twin = features_only_twin(model, encoder, depth)
+    state = {f"encoder.{k}": v for k, v in twin.state_dict().items()}
+    state.update({k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")})
+    return state
+
+
+OLD_LAYOUTS = [
+    ("resnet18", 5, TINY5, False),  # unchanged keys
+    ("convnext_atto", 4, TINY4, True),  # stem_0.weight -> stem.0.weight ...
+    ("efficientnet_b0", 4, TINY4, True),  # blocks.5.*, blocks.6.* never ran: dropped
+]
+
+
+@pytest.mark.parametrize("encoder, depth, decoder, differs", OLD_LAYOUTS)
+def test_checkpoints_of_the_features_only_layout_still_load(tmp_path, encoder, depth, decoder, differs):
+    cfg = tiny_cfg(encoder=encoder, encoder_depth=depth, decoder_channels=decoder, fast_depth=depth - 1)
+    model = trained_model(cfg)
+    old = old_layout_state(model, encoder, depth)
+    assert (set(old) != set(model.state_dict())) == differs
+    path = save_checkpoint(tmp_path / "old.pt", model, cfg, epoch=3)
+    payload = load_checkpoint(path)
+    payload["model"] = old
+    torch.save(payload, path)
+
+    loaded, _, meta = load_model(path)
+    assert meta["epoch"] == 3
+    x = torch.rand(1, 3, 48, 80)
+    with torch.no_grad():
+        for mode in ("accurate", "fast"):
+            model.set_mode(mode), loaded.set_mode(mode)
+            assert torch.equal(loaded(x), model(x))
+    # train.py's resume and warm restart call load_state_dict directly, the EMA under "module."
+    fresh = build_model(cfg)
+    fresh.load_state_dict(old)
+    ema = torch.optim.swa_utils.AveragedModel(build_model(cfg))
+    ema.load_state_dict({"n_averaged": torch.tensor(2), **{f"module.{k}": v for k, v in old.items()}})
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value) and torch.equal(ema.module.state_dict()[key], value), key
+
+
+def test_old_layout_of_another_encoder_is_still_refused():
+    model = make("resnet18")
+    other = make("resnet34")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        other.load_state_dict(old_layout_state(model, "resnet18", 5))
+    convnext = make("convnext_atto", 4, TINY4)
+    state = old_layout_state(convnext, "convnext_atto", 4)
+    del state["encoder.stages_3.blocks.0.conv_dw.weight"]
+    with pytest.raises(RuntimeError, match="stages.3.blocks.0.conv_dw.weight"):
+        make("convnext_atto", 4, TINY4).load_state_dict(state)
+
+
+def test_encoder_weights_from_an_old_layout_checkpoint(tmp_path):
+    cfg = tiny_cfg(encoder="convnext_atto", encoder_depth=4, decoder_channels=TINY4, fast_depth=3)
+    source = trained_model(cfg)
+    path = save_checkpoint(tmp_path / "previous.pt", source, cfg)
+    payload = load_checkpoint(path)
+    payload["model"] = old_layout_state(source, "convnext_atto", 4)
+    torch.save(payload, path)
+    cfg.model.weights = str(path)
+    model = build_model(cfg)
+    for key, value in source.encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[key], value)
+
+
+SHIPPED = REPO / "weights" / "unetpp_r18_grouped" / "fold0.pt"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights not present")
+def test_shipped_checkpoint_gives_the_outputs_recorded_before_the_encoder_split():
+    """Logit means recorded with dsb's features_only encoder, before the encoder/decoder/
+    heads split (same input, same seed)."""
+    model, _, _ = load_model(SHIPPED)
+    x = torch.rand(1, 3, 50, 70, generator=torch.Generator().manual_seed(0))
+    recorded = {
+        ("accurate", 4): ([-2.996334, -5.113561, -6.336367], -3.008805),
+        ("fast", 1): ([-0.530441, -3.063844, -2.488365], -0.607633),
+        ("fast", 4): ([-3.458792, -5.404817, -7.295144], -3.229453),
+    }
+    with torch.no_grad():
+        for (mode, depth), (means, pixel) in recorded.items():
+            y = model.set_mode(mode, depth)(x)
+            torch.testing.assert_close(y.mean((0, 2, 3)), torch.tensor(means), rtol=1e-4, atol=1e-4)
+            assert y[0, 0, 25, 35].item() == pytest.approx(pixel, abs=1e-4)

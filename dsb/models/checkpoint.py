@@ -35,6 +35,7 @@ from torch import nn
 import dsb
 from dsb.config import Config, config_from_dict
 from dsb.errors import CheckpointError, ConfigError
+from dsb.models.unetpp import build_model
 from dsb.utils import atomic_write
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "load_model"]
@@ -175,7 +176,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """Rebuild the model stored in a checkpoint; return ``(model, cfg, meta)``.
 
     The model is rebuilt from the config inside the file (no pretrained download, no
-    ``model.weights`` file needed), gets its weights (fp16 ones upcast to fp32), is moved
+    ``model.weights`` file needed), gets its weights (fp16 ones upcast to fp32; encoder
+    keys of checkpoints from before the encoder split are mapped by the model's
+    ``load_state_dict``, see :func:`dsb.models.encoder.upgrade_encoder_state`), is moved
     to ``device`` and put in eval mode with the config's inference mode
     (``model.mode`` / ``model.fast_depth``). ``meta`` holds the ``extra`` entries given to
     :func:`save_checkpoint` plus ``format_version``, ``dsb_version``, ``torch_version``,
@@ -186,8 +189,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     CheckpointError
         Unreadable/corrupt file, or a config/weights that do not fit this dsb's model.
     """
-    from dsb.models.unetpp import build_model
-
     payload = load_checkpoint(path)
     try:
         cfg = config_from_dict(payload["config"])
