@@ -28,8 +28,13 @@ def _main() -> None:
 from cli import data as _data; _data.register(app)
 from cli import train as _train; _train.register(app)
 from cli import predict as _predict; _predict.register(app)
+from cli import tune as _tune; _tune.register(app)
+from cli import evaluate as _evaluate; _evaluate.register(app)
+from cli import export as _export; _export.register(app)
+from cli import demo as _demo; _demo.register(app)
 from cli import score as _score; _score.register(app)
 from cli import segment as _segment; _segment.register(app)
+from cli import report as _report; _report.register(app)
 # --- end command modules ---
 
 

@@ -1,13 +1,22 @@
-"""Pictures for humans: overlays of instances on images, training curves."""
+"""Pictures for humans: outlines of instances on images, training curves, thumbnails.
+
+Every picture of nuclei in the project is drawn here, from one primitive:
+:func:`inner_edges` (a nucleus's one-pixel inner outline). :func:`paint_outlines` burns
+outlines into an image in a colour per label (``dsb predict --overlays``, ``dsb segment
+--overlays``, ``dsb evaluate --figures``); :func:`outline_layer` and
+:func:`save_indexed_png` write the same outlines as a transparent layer, which the HTML
+report lays over the image (:mod:`dsb.report`). :func:`display_image` is the contrast
+stretch every picture of an image uses.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 
 import numpy as np
 from PIL import Image
-from skimage.segmentation import find_boundaries
 
 from dsb.utils import atomic_write
 
@@ -27,19 +36,114 @@ def label_colours(n_labels: int, seed: int = 0) -> np.ndarray:
     return colours
 
 
-def overlay_instances(image: np.ndarray, label_map: np.ndarray) -> np.ndarray:
-    """The image (uint8 or float in [0, 1], HxWx3 or HxW) with each nucleus outlined in
-    its own colour. Returns uint8 (H, W, 3)."""
+def inner_edges(label_map: np.ndarray) -> np.ndarray:
+    """Boolean ``(H, W)``: the pixels of a nucleus that have a 4-neighbour with another
+    label (or background), i.e. each nucleus's one-pixel inner outline.
+
+    The same pixels as ``skimage.segmentation.find_boundaries(label_map, mode="inner")``
+    (the image border is not an edge), about 40 times faster.
+
+    >>> lab = np.zeros((4, 5), np.int32); lab[1:3, 1:4] = 1; lab[1:3, 3] = 2
+    >>> inner_edges(lab).astype(int)
+    array([[0, 0, 0, 0, 0],
+           [0, 1, 1, 1, 0],
+           [0, 1, 1, 1, 0],
+           [0, 0, 0, 0, 0]])
+    """
+    labels = np.asarray(label_map)
+    edges = np.zeros(labels.shape, bool)
+    vertical = labels[1:] != labels[:-1]
+    edges[1:] |= vertical
+    edges[:-1] |= vertical
+    horizontal = labels[:, 1:] != labels[:, :-1]
+    edges[:, 1:] |= horizontal
+    edges[:, :-1] |= horizontal
+    edges &= labels != 0
+    return edges
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """An image (uint8, or float in [0, 1]; HxW, HxWx1, HxWx3 or HxWx4) as uint8 (H, W, 3)."""
+    image = np.asarray(image)
     if image.dtype != np.uint8:
         image = np.clip(np.asarray(image, np.float32) * 255.0, 0, 255).astype(np.uint8)
     if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    out = image[..., :3].copy()
-    edges = find_boundaries(label_map, mode="inner")
-    if label_map.max() > 0:
-        colours = label_colours(int(label_map.max()))
-        out[edges] = colours[label_map[edges]]
+        image = image[..., None]
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image[..., :3]
+
+
+def display_image(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """uint8 (H, W, 3) for display only: the ``low``-``high`` percentiles of all channels
+    stretched to 0-255 (dim fluorescence images would otherwise show as black). An image
+    without contrast is returned as is. Percentiles come from the 256-bin histogram."""
+    image = as_rgb_uint8(image)
+    if not image.size:
+        return image
+    cdf = np.cumsum(np.bincount(image.ravel(), minlength=256)) / image.size
+    lo, hi = int(np.searchsorted(cdf, low / 100.0)), int(np.searchsorted(cdf, high / 100.0))
+    if hi <= lo:
+        return image
+    lut = np.clip((np.arange(256, dtype=np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    return lut[image]
+
+
+def paint_outlines(image: np.ndarray, label_map: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """The image (as :func:`as_rgb_uint8`) with each nucleus's inner outline painted in
+    ``colours[label]`` (``colours``: uint8 ``(max label + 1, 3)``). Returns a new array."""
+    out = as_rgb_uint8(image).copy()
+    edges = inner_edges(label_map)
+    if edges.any():
+        out[edges] = np.asarray(colours, np.uint8)[np.asarray(label_map)[edges]]
     return out
+
+
+def overlay_instances(image: np.ndarray, label_map: np.ndarray) -> np.ndarray:
+    """The image (uint8 or float in [0, 1], HxWx3 or HxW) with each nucleus outlined in
+    its own colour. Returns uint8 (H, W, 3)."""
+    n = int(np.asarray(label_map).max(initial=0))
+    return paint_outlines(image, label_map, label_colours(n)) if n > 0 else as_rgb_uint8(image).copy()
+
+
+def outline_layer(label_map: np.ndarray, index_of_label: np.ndarray) -> np.ndarray:
+    """uint8 ``(H, W)`` palette indices: ``index_of_label[label]`` on each nucleus's inner
+    outline, 0 (transparent in :func:`save_indexed_png`) elsewhere."""
+    layer = np.zeros(np.shape(label_map), np.uint8)
+    edges = inner_edges(label_map)
+    if edges.any():
+        layer[edges] = np.asarray(index_of_label, np.uint8)[np.asarray(label_map)[edges]]
+    return layer
+
+
+def save_indexed_png(target: str | Path | IO[bytes], indices: np.ndarray, palette: np.ndarray,
+                     compress_level: int = 1) -> None:
+    """Write uint8 palette indices as a palette PNG whose index 0 is fully transparent
+    (an outline layer to lay over an image); ``palette`` is uint8 ``(k, 3)``."""
+    im = Image.fromarray(np.ascontiguousarray(indices, np.uint8))
+    colours = np.zeros((256, 3), np.uint8)
+    colours[: len(palette)] = palette
+    im.putpalette(colours.tobytes())
+    im.save(target, format="PNG", transparency=0, compress_level=compress_level)
+
+
+def thumbnail(image: np.ndarray, max_px: int) -> np.ndarray:
+    """uint8 RGB image shrunk (never enlarged) so its longer side is ``max_px``."""
+    im = Image.fromarray(as_rgb_uint8(image))
+    im.thumbnail((max_px, max_px), Image.Resampling.BOX)
+    return np.asarray(im)
+
+
+def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of a uint8 image; an RGB image whose channels are equal is stored as gray
+    (a third of the data: most microscopy images are)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 3 and (image[..., 0] == image[..., 1]).all() \
+            and (image[..., 1] == image[..., 2]).all():
+        image = image[..., 0]
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
 
 
 def save_png(path: str | Path, array: np.ndarray) -> Path:
@@ -60,9 +164,10 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Lay out, write as PNG atomically, and close a matplotlib figure."""
-    fig.tight_layout()
+def save_figure(fig, path: str | Path, dpi: int = 110, rect: Sequence[float] | None = None) -> Path:
+    """Lay out (inside ``rect`` of the figure, if given), write as PNG atomically, and
+    close a matplotlib figure."""
+    fig.tight_layout(rect=rect)
     path = Path(path)
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=dpi)

@@ -3,35 +3,27 @@
 ``dsb evaluate RUN_DIR --figures DIR`` writes
 
 * ``training_curves.png``: loss and validation mAP per epoch, one line per fold
-  (from ``fold<k>/metrics.jsonl``);
+  (:meth:`dsb.rundir.RunDir.histories`; the HTML report shows the same figure);
 * ``overlays.png``: for each image type, a few out-of-fold images chosen by score
   (the quartiles of that type's per-image mAP, so the picture shows typical results,
-  not the best ones), each as the true nuclei beside the predicted ones.
+  not the best ones), each as the true nuclei beside the predicted ones, outlined in the
+  colours of their fates (:mod:`dsb.report.fates`, as in the HTML report).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from dsb.viz import overlay_instances, plot_training_curves, pyplot, save_figure
-
-if TYPE_CHECKING:
-    from dsb.config import DataConfig
-
-
-def read_histories(run_dir: Path) -> dict[str, list[dict]]:
-    """``{"fold k": [epoch records]}`` for every fold with a metrics.jsonl."""
-    histories = {}
-    for path in sorted(Path(run_dir).glob("fold*/metrics.jsonl")):
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if records:
-            histories[f"fold {path.parent.name[4:]}"] = records
-    return histories
+from dsb.config import DataConfig
+from dsb.data.kaggle import open_stage
+from dsb.data.synthetic import iter_samples
+from dsb.report.fates import fate_colours, image_fates, legend
+from dsb.rundir import RunDir
+from dsb.viz import display_image, paint_outlines, plot_training_curves, pyplot, save_figure
 
 
 def pick_examples(per_image: pd.DataFrame, per_type: int = 3) -> dict[str, list[str]]:
@@ -50,6 +42,16 @@ def pick_examples(per_image: pd.DataFrame, per_type: int = 3) -> dict[str, list[
     return chosen
 
 
+def read_images(data: DataConfig, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The stored uint8 images of ``image_ids`` (not inverted: as a person sees them)."""
+    wanted = set(image_ids)
+    if data.path == "synthetic":
+        return {s.image_id: s.image for s in iter_samples(n=data.synthetic_n, seed=data.synthetic_seed)
+                if s.image_id in wanted}
+    with open_stage(data.path, labels=None) as stage:
+        return {i: stage.read_image_uint8(i) for i in image_ids}
+
+
 def _window(shape: tuple[int, int], truth: np.ndarray, size: int) -> tuple[slice, slice]:
     """A ``size`` square (or the whole image if smaller) centred on the nuclei's centroid."""
     h, w = shape
@@ -61,67 +63,56 @@ def _window(shape: tuple[int, int], truth: np.ndarray, size: int) -> tuple[slice
     return slice(y0, y0 + sh), slice(x0, x0 + sw)
 
 
-def _stretch(image: np.ndarray) -> np.ndarray:
-    """Contrast stretch for display only (0.5-99.5 percentiles to 0-255): dim
-    fluorescence images would otherwise show as black."""
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    if hi <= lo:
-        return image
-    return np.clip((image.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-
-
 def plot_overlays(
     examples: dict[str, list[str]], images: dict[str, np.ndarray], truths: dict[str, np.ndarray],
     preds: dict[str, np.ndarray], scores: dict[str, float], path: Path, window_px: int = 256,
 ) -> Path:
-    """One row per image type; for each chosen image, truth and prediction side by side."""
+    """One row per image type; for each chosen image, truth and prediction side by side,
+    every nucleus outlined in the colour of its fate."""
+    from matplotlib.patches import Patch
+
     n_rows = len(examples)
     n_cols = 2 * max((len(v) for v in examples.values()), default=1)
-    fig, axes = pyplot().subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.5 * n_rows), squeeze=False)
+    fig, axes = pyplot().subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.5 * n_rows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for row, (image_type, ids) in enumerate(examples.items()):
         for i, image_id in enumerate(ids):
-            win = _window(truths[image_id].shape, truths[image_id], window_px)
-            image = _stretch(images[image_id][win])
-            for j, (what, labels) in enumerate((("truth", truths[image_id]), ("predicted", preds[image_id]))):
+            truth, pred = truths[image_id], preds[image_id]
+            fates = image_fates(truth, pred)
+            win = _window(truth.shape, truth, window_px)
+            image = display_image(images[image_id])[win]
+            sides = (("truth", truth, fate_colours(fates.truth, fates.truth_iou)),
+                     ("predicted", pred, fate_colours(fates.pred, fates.pred_iou)))
+            for j, (what, labels, colours) in enumerate(sides):
                 ax = axes[row, 2 * i + j]
-                ax.imshow(overlay_instances(image, labels[win]))
+                ax.imshow(paint_outlines(image, labels[win], colours))
                 n = len(np.unique(labels[win])) - (1 if (labels[win] == 0).any() else 0)
                 title = f"{image_type}: {what} ({n})" if j == 0 else f"{what} ({n}), mAP {scores[image_id]:.2f}"
                 ax.set_title(title, fontsize=7)
                 if j == 0:
                     ax.text(2, image.shape[0] - 4, image_id[:10], color="white", fontsize=6,
                             bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
-    return save_figure(fig, path)
+    handles = [Patch(facecolor=colour, label=name) for name, colour, _, _ in legend()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False,
+               title="outlines at IoU 0.5 (matched: pale to deep green as IoU rises)", title_fontsize=7)
+    return save_figure(fig, path, rect=(0, 0.35 / (2.5 * n_rows + 0.4) + 0.02, 1, 1))
 
 
 def write_figures(
     run_dir: Path, out_dir: Path, per_image: pd.DataFrame, truths: dict[str, np.ndarray],
-    preds: dict[str, np.ndarray], data: "DataConfig", per_type: int = 3,
+    preds: dict[str, np.ndarray], data: DataConfig, per_type: int = 3,
     histories: Optional[dict[str, Sequence[dict]]] = None,
 ) -> list[Path]:
     """Write ``training_curves.png`` (if the run has metrics) and ``overlays.png`` into ``out_dir``."""
-    from dsb.data.kaggle import open_stage
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    histories = histories if histories is not None else read_histories(run_dir)
+    histories = histories if histories is not None else RunDir(run_dir).histories()
     if histories:
         written.append(plot_training_curves(histories, out_dir / "training_curves.png"))
     examples = pick_examples(per_image, per_type)
-    wanted = [i for ids in examples.values() for i in ids]
-    if data.path == "synthetic":
-        from dsb.data.synthetic import generate_samples
-
-        images = {}
-        for image_id, image, _labels in generate_samples(n=data.synthetic_n, seed=data.synthetic_seed):
-            if image_id in wanted:
-                images[image_id] = image
-    else:
-        stage = open_stage(data.path, labels=None)
-        images = {i: stage.read_image_uint8(i) for i in wanted}
+    images = read_images(data, [i for ids in examples.values() for i in ids])
     scores = dict(zip(per_image["image_id"], per_image["score"]))
     written.append(plot_overlays(examples, images, truths, preds, scores, out_dir / "overlays.png"))
     return written
