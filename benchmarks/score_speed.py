@@ -5,8 +5,8 @@ A seeded synthetic solution of 65 images with the stage-1 test set's sizes (24 o
 copy of it (shifted, grown or shrunk, some nuclei dropped, some added) are written as
 CSVs. Then:
 
-* ``score_submission(submission.csv, solution.csv)`` end to end (read and validate the
-  submission, read the solution, paint both, score), median of several runs;
+* ``dsb.submission.score_submission(submission.csv, solution.csv)`` end to end (read and
+  validate the submission, read the solution, paint both, score), median of several runs;
 * the metric alone (:func:`dsb.metrics.image_score` on in-memory label maps) against a
   naive per-pair loop (for every true nucleus, for every predicted one, IoU from two
   full-image boolean masks), side by side on the same images. The naive loop is run on
@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from dsb.metrics import image_score, score_submission
+    from dsb.metrics import image_score
     from dsb.rle import label_map_to_rows
-    from dsb.submission import write_submission_from_label_maps
+    from dsb.submission import score_submission, write_submission_from_label_maps
     from dsb.utils import atomic_write
 
     console = Console()

@@ -10,7 +10,10 @@ import typer
 from rich.table import Table
 
 from cli.common import console, dsb_command
-from dsb.errors import DsbError
+from dsb.data.kaggle import open_stage
+from dsb.errors import DsbError, InvalidSubmissionError
+from dsb.metrics import THRESHOLDS
+from dsb.submission import check_submission, read_submission, score_submission
 
 
 def register(app: typer.Typer) -> None:
@@ -24,9 +27,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Score SUBMISSION with the competition's metric: mean over images of the average,
         over IoU thresholds 0.50..0.95, of TP / (TP + FP + FN) (a hit needs IoU > t)."""
-        from dsb.errors import InvalidSubmissionError
-        from dsb.metrics import THRESHOLDS, score_submission
-
         try:
             result = score_submission(submission, solution)
         except InvalidSubmissionError as exc:
@@ -73,13 +73,9 @@ def register(app: typer.Typer) -> None:
 
         Exit 0 when valid, 1 when it has problems, 2 when the file is not a readable
         ImageId,EncodedPixels CSV (or an option is wrong)."""
-        from dsb.submission import check_submission, read_submission
-
         if (images is None) == (sample is None):
             raise DsbError("give exactly one of --images (ids and shapes) or --sample (ids only)")
         if images is not None:
-            from dsb.data.kaggle import open_stage
-
             stage = open_stage(images, labels=None)
             image_ids = list(stage.image_ids)
             shapes = {i: stage.image_shape(i) for i in image_ids}

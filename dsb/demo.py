@@ -24,10 +24,11 @@ from dsb.errors import DataError
 from dsb.evaluate import load_oof, score_items
 from dsb.infer.pipeline import predict_stage
 from dsb.infer.predict import load_models
-from dsb.metrics import DatasetScore, image_score, score_submission
+from dsb.metrics import DatasetScore, image_score
 from dsb.postprocess import threshold_labels
 from dsb.probmaps import dequantise_probs
 from dsb.rundir import RunDir
+from dsb.submission import score_submission
 from dsb.train import train_fold
 
 

@@ -27,6 +27,10 @@ nucleus is in at most one such pair: the pairs already form a matching, and any 
 rule (Kaggle's reference ``np.sum(iou > t, axis=1) == 1``, greedy, Hungarian) counts
 exactly those pairs.
 
+This module is NumPy on label maps only, as stardist's ``matching.py``: it reads no file.
+Scoring a submission CSV against a solution CSV or held-out masks is
+:func:`dsb.submission.score_submission`.
+
 >>> import numpy as np
 >>> true = np.zeros((4, 6), np.int32); true[:, :3] = 7; true[:, 4:] = 9
 >>> pred = np.zeros((4, 6), np.int32); pred[:, :3] = 1; pred[:2, 4:] = 2
@@ -40,15 +44,10 @@ exactly those pairs.
 from __future__ import annotations
 
 import dataclasses
-import os
-import zipfile
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
-
-from dsb.errors import DataError
 
 __all__ = [
     "THRESHOLDS",
@@ -56,7 +55,6 @@ __all__ = [
     "DatasetScore",
     "image_score",
     "score_label_maps",
-    "score_submission",
 ]
 
 #: Numerators of the thresholds over 20: t = k / 20 for k = 10..19.
@@ -300,78 +298,3 @@ def score_label_maps(pairs: Iterable) -> DatasetScore:
             raise ValueError("expected (image_id, true, pred) or (true, pred) items")
         records.append(image_score(true_labels, pred_labels, image_id=str(image_id)))
     return DatasetScore.from_images(records)
-
-
-class _Solution:
-    """Truth for scoring: ids, shapes and label maps from a solution CSV or a stage."""
-
-    def __init__(self, path: str | os.PathLike):
-        from dsb.data.kaggle import open_stage, read_rle_csv
-
-        path = Path(path)
-        if path.is_file() and not zipfile.is_zipfile(path):
-            table = read_rle_csv(path)
-            missing = [i for i in table.image_ids if table.shape(i) is None]
-            if missing:
-                raise DataError(
-                    f"{path}: a solution CSV needs Height and Width columns (no shape for "
-                    f"{len(missing)} image(s), e.g. {missing[0]}); give the Kaggle-layout "
-                    "folder or zip with masks/ instead"
-                )
-            self.all_ids = list(table.image_ids)
-            self.shapes = {i: table.shape(i) for i in self.all_ids}
-            self.label_map = table.label_map
-            ignored = table.ignored_ids
-        else:
-            stage = open_stage(path, labels="masks")
-            if not stage.has_labels:
-                raise DataError(f"{path}: no <ImageId>/masks/*.png; a solution folder or zip needs the held-out masks")
-            self.all_ids = list(stage.image_ids)
-            self.shapes = {i: stage.image_shape(i) for i in self.all_ids}
-            self.label_map = stage.read_label_map
-            ignored = set()
-        self.ignored_ids = tuple(i for i in self.all_ids if i in ignored)
-        self.scored_ids = [i for i in self.all_ids if i not in ignored]
-
-
-def score_submission(
-    submission_csv: str | os.PathLike, solution: str | os.PathLike
-) -> DatasetScore:
-    """Score a submission CSV against the held-out truth, as Kaggle would.
-
-    Parameters
-    ----------
-    submission_csv : path
-        ``ImageId,EncodedPixels`` file (extra columns are ignored; read as by
-        :func:`dsb.submission.read_submission`). It must pass
-        :func:`dsb.submission.check_submission` against the solution's ids and shapes
-        (Kaggle refused invalid submissions), else
-        :class:`~dsb.errors.InvalidSubmissionError` carries every problem.
-    solution : path
-        Either a solution CSV (``ImageId,EncodedPixels,Height,Width`` and optionally
-        ``Usage``; images whose rows say ``Usage == "Ignored"`` must be in the submission
-        but are not scored), or a Kaggle-layout folder/zip with ``<id>/masks/*.png``
-        (shapes from the images).
-
-    Returns
-    -------
-    DatasetScore
-        Images in the solution's order.
-    """
-    from dsb.rle import runs_to_label_map
-    from dsb.submission import read_submission, submission_runs
-
-    truth = _Solution(solution)
-    # Whatever columns the file carries (a solution file scored as a submission has
-    # Height/Width/Usage too; they are ignored), its rows pass the same checks as
-    # `dsb validate`: a duplicate, unknown id or unsorted pair is refused, not scored.
-    frame = read_submission(submission_csv, extra_columns=True)
-    runs_by_id = submission_runs(frame, image_shapes=truth.shapes, image_ids=truth.all_ids,
-                                 name=str(submission_csv))
-    records = []
-    for image_id in truth.scored_ids:
-        true_labels = truth.label_map(image_id)
-        # A valid submission has no overlaps, so painting loses nothing.
-        pred_labels, _ = runs_to_label_map(runs_by_id[image_id], truth.shapes[image_id])
-        records.append(image_score(true_labels, pred_labels, image_id=image_id))
-    return DatasetScore.from_images(records, ignored_ids=truth.ignored_ids)

@@ -10,19 +10,40 @@ The competition's rules: ``EncodedPixels`` is a space-separated list of
 '5 2 10 1'
 >>> bool((rle_decode('5 2 10 1', (3, 4)) == mask).all())
 True
+
+Files of such strings, one row per nucleus (``ImageId,EncodedPixels``: submissions, the
+train labels, solution files), are read by one reader, :func:`read_rle_rows`: it turns a
+file into text rows with their CSV line numbers and refuses what is not such a CSV.
+What the rows must contain is the caller's: :func:`dsb.submission.read_submission` and
+:func:`dsb.submission.check_submission` for a submission, :func:`dsb.data.kaggle.read_rle_csv`
+for labels.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import dataclasses
+import gzip
+import io
+import os
+import re
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Iterator
 
 import numba
 import numpy as np
 from scipy import ndimage
 
-from dsb.errors import DataError
+from dsb.errors import DataError, DsbError
 
 __all__ = [
+    "HEADER",
+    "RleRows",
+    "read_rle_rows",
     "rle_encode",
     "rle_decode",
     "runs_to_label_map",
@@ -213,3 +234,213 @@ def label_map_to_rows(image_id: str, label_map: np.ndarray) -> list[tuple[str, s
     """
     rows = [(image_id, pairs_to_rle(runs)) for _, runs in label_map_to_runs(label_map)]
     return rows or [(image_id, "")]
+
+
+# --------------------------------------------------------------------------- RLE CSV files
+
+#: The header of a submission; every run-length CSV has these two columns.
+HEADER = "ImageId,EncodedPixels"
+_COLUMNS = ("ImageId", "EncodedPixels")
+#: Decompressed size above which a compressed CSV is refused (no file of the competition
+#: comes near it; this stops a zip bomb).
+_MAX_DECOMPRESSED = 1 << 30
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+#: Rows with a wrong number of fields listed in one message.
+_SHOWN_ROWS = 20
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RleRows:
+    """The rows of a run-length CSV as read: text fields, nothing parsed or judged.
+
+    Attributes
+    ----------
+    name : str
+        The file as messages name it (``sub.zip:sub.csv`` for a zipped CSV).
+    columns : Mapping[str, list[str]]
+        Each header column (its first occurrence) -> the field of every row, in file
+        order. ``ImageId`` and ``EncodedPixels`` are always there.
+    lines : (n,) int64 array
+        The CSV line where each row starts (header = line 1). Blank lines are skipped;
+        a quoted field may span lines.
+    """
+
+    name: str
+    columns: Mapping[str, list[str]]
+    lines: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def read_rle_rows(
+    path: str | os.PathLike,
+    *,
+    extra_columns: bool = False,
+    error: type[DsbError] = DataError,
+    warning: type[Warning] = UserWarning,
+) -> RleRows:
+    """Read a run-length CSV (a submission, train labels, a solution) into text rows.
+
+    What a standard CSV reader reads is read, as Kaggle did: quoted fields and headers
+    (R's ``write.csv`` writes ``"ImageId","EncodedPixels"``), CRLF or CR line ends,
+    blank lines (skipped), a UTF-8 byte-order mark (read with a ``warning``), and gzip or
+    zip compression (told by the content; a zip must hold one CSV). Only the file's form
+    is checked here: what the rows say (ids, RLE, shapes) is the caller's to judge.
+
+    Parameters
+    ----------
+    path : the CSV (or its ``.gz``/``.zip``)
+    extra_columns : bool
+        False: the header must be exactly ``ImageId,EncodedPixels`` (a submission).
+        True: the header must name ``ImageId`` and ``EncodedPixels`` once each and may
+        name others (a solution's ``Height,Width,Usage``). Names are compared as written
+        (``" EncodedPixels"`` is another name).
+    error : the :class:`~dsb.errors.DsbError` subclass to raise
+        (:class:`~dsb.errors.SubmissionError` for a submission, ``DataError`` for labels).
+    warning : the warning category for a byte-order mark
+
+    Raises
+    ------
+    error
+        The file is missing, unreadable, damaged (compressed), binary or not UTF-8 text,
+        has no or another header, broken quoting, or rows without as many fields as the
+        header (all such rows listed). Every message names the file and the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: no such file")
+    if not path.is_file():
+        raise error(f"{path}: not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data, name = _decompress(data, str(path), error)
+    text = _decode_text(data, name, error, warning)
+    return _parse_rows(text, name, error, extra_columns)
+
+
+def _decompress(data: bytes, name: str, error: type[DsbError]) -> tuple[bytes, str]:
+    """The CSV bytes of a gzip or zip file (``name`` then names the member), else ``data``."""
+    if data.startswith(b"\x1f\x8b"):
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+                out = fh.read(_MAX_DECOMPRESSED + 1)
+        except Exception as exc:  # BadGzipFile, EOFError (truncated), zlib.error, ...
+            raise error(f"{name}: a damaged gzip file ({type(exc).__name__}: {exc})") from None
+        if len(out) > _MAX_DECOMPRESSED:
+            raise error(f"{name}: decompresses to more than {_MAX_DECOMPRESSED >> 20} MiB; not a CSV of RLE")
+        return out, name
+    if data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                members = [m for m in zf.infolist()
+                           if not m.is_dir() and "__MACOSX" not in m.filename.split("/")
+                           and not m.filename.rsplit("/", 1)[-1].startswith(".")]
+                if len(members) != 1:
+                    shown = ", ".join(m.filename for m in members[:5]) or "nothing"
+                    raise error(f"{name}: a zip must hold exactly one CSV file; it holds {len(members)} ({shown})")
+                member = members[0]
+                if member.file_size > _MAX_DECOMPRESSED:
+                    raise error(f"{name}:{member.filename}: larger than {_MAX_DECOMPRESSED >> 20} MiB; not a CSV of RLE")
+                with zf.open(member) as fh:
+                    out = fh.read(_MAX_DECOMPRESSED + 1)
+        except error:
+            raise
+        except Exception as exc:  # BadZipFile, zlib.error, EOFError, encrypted, unsupported method, ...
+            raise error(f"{name}: a damaged or unsupported zip file ({type(exc).__name__}: {exc})") from None
+        if len(out) > _MAX_DECOMPRESSED:
+            raise error(f"{name}: decompresses to more than {_MAX_DECOMPRESSED >> 20} MiB; not a CSV of RLE")
+        return out, f"{name}:{member.filename}"
+    return data, name
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    """1-based line of the byte at ``offset`` (CRLF, CR and LF all end a line)."""
+    return len(_LINE_BREAK.findall(data[:offset].decode("latin-1"))) + 1
+
+
+def _decode_text(data: bytes, name: str, error: type[DsbError], warning: type[Warning]) -> str:
+    if not data.strip():
+        raise error(f"{name}: empty file; expected the header {HEADER!r}")
+    if b"\x00" in data:
+        line = _line_of(data, data.index(b"\x00"))
+        raise error(f"{name}: not a CSV file (binary data): a NUL byte on line {line}")
+    if data.startswith(codecs.BOM_UTF8):
+        # The caller's caller (read_submission, read_rle_csv) is who the user called.
+        warnings.warn(f"{name}: starts with a UTF-8 byte-order mark; read without it", warning, stacklevel=4)
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{name}: not a CSV file (not UTF-8 text): byte 0x{data[exc.start]:02x} on line {_line_of(data, exc.start)}"
+        ) from None
+
+
+def _header_names(header: list[str] | None, extra_columns: bool) -> list[str] | None:
+    """The column names of a good header, else None."""
+    if header is None:
+        return None
+    if not extra_columns:
+        return header if header == list(_COLUMNS) else None
+    return header if all(header.count(c) == 1 for c in _COLUMNS) else None
+
+
+def _header_problem(header: list[str] | None, first_line: str, extra_columns: bool) -> str:
+    found = f"found {_shorten(first_line)!r}"
+    if not extra_columns:
+        quoting = " (quoting allowed)" if first_line.startswith('"') else ""
+        return f"line 1 must be exactly {HEADER!r}{quoting}, {found}"
+    names = header or []
+    missing = [c for c in _COLUMNS if c not in names]
+    twice = [c for c in _COLUMNS if names.count(c) > 1]
+    what = (f"missing {', '.join(missing)}" if missing else f"{', '.join(twice)} more than once") if header else "not a CSV header"
+    return f"line 1: the header needs the columns ImageId and EncodedPixels, once each; {what} ({found})"
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _parse_rows(text: str, name: str, error: type[DsbError], extra_columns: bool) -> RleRows:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, [])
+    except csv.Error:
+        header = None
+    names = _header_names(header, extra_columns)
+    if names is None:
+        first_line = _LINE_BREAK.split(text, 1)[0]
+        raise error(f"{name}: {_header_problem(header, first_line, extra_columns)}")
+
+    n_fields = len(names)
+    # All fields in one flat list (row after row): no list per row is kept, which would
+    # make the garbage collector walk tens of thousands of them.
+    fields: list[str] = []
+    lines: list[int] = []
+    bad_rows: list[str] = []
+    try:
+        previous_end = reader.line_num
+        for record in reader:
+            line, previous_end = previous_end + 1, reader.line_num
+            if not record:  # a blank line
+                continue
+            if len(record) != n_fields:
+                bad_rows.append(f"line {line}: {len(record)} field(s), expected {n_fields}")
+                continue
+            fields.extend(record)
+            lines.append(line)
+    except csv.Error as exc:
+        raise error(f"{name}: not a valid CSV (line {reader.line_num}: {exc})") from None
+    if bad_rows:
+        shown = "\n  ".join(bad_rows[:_SHOWN_ROWS])
+        more = f"\n  ... and {len(bad_rows) - _SHOWN_ROWS} more" if len(bad_rows) > _SHOWN_ROWS else ""
+        what = f"the two columns {HEADER!r}" if n_fields == 2 else f"the header's {n_fields} fields"
+        raise error(f"{name}: not a valid CSV: {len(bad_rows)} row(s) do not have exactly {what}:\n  {shown}{more}")
+
+    columns: dict[str, list[str]] = {}
+    for index, column in enumerate(names):
+        columns.setdefault(column, fields[index::n_fields])
+    return RleRows(name, columns, np.asarray(lines, dtype=np.int64))

@@ -1,11 +1,15 @@
-"""Kaggle submission files: strict reading, validation, and writes that cannot be invalid.
+"""Kaggle submission files: strict reading, validation, scoring, and writes that cannot be invalid.
 
 A submission is a UTF-8 CSV whose header is ``ImageId,EncodedPixels``, one row
 per predicted nucleus (RLE as in :mod:`dsb.rle`), and one row with an empty
 ``EncodedPixels`` for an image without predictions. Whatever a standard CSV reader reads
 is read, as Kaggle did: quoted fields and headers (R's ``write.csv``), CRLF or CR line
 endings, a UTF-8 byte-order mark (with a :class:`SubmissionWarning`), and gzip or zip
-compression.
+compression. The file is read by :func:`dsb.rle.read_rle_rows`, the one reader of
+run-length CSVs (labels and solution files are read by it too).
+
+:func:`score_submission` scores a submission against a solution CSV or the held-out masks
+of a stage, with the metric of :mod:`dsb.metrics` (which reads no file).
 
 Two kinds of failure, two exits in ``dsb validate`` (and ``dsb score``):
 
@@ -35,20 +39,20 @@ second): one byte buffer for all RLE strings, tokens and values found with NumPy
 
 from __future__ import annotations
 
-import codecs
-import csv
 import dataclasses
-import io
 import os
 import re
-import warnings
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dsb.errors import InvalidSubmissionError, SubmissionError
+from dsb.data.kaggle import open_stage, read_rle_csv
+from dsb.errors import DataError, InvalidSubmissionError, SubmissionError
+from dsb.metrics import DatasetScore, image_score
+from dsb.rle import HEADER, label_map_to_rows, read_rle_rows, runs_to_label_map
 from dsb.utils import atomic_write
 
 __all__ = [
@@ -59,11 +63,11 @@ __all__ = [
     "check_submission",
     "check_runs",
     "submission_runs",
+    "score_submission",
     "write_submission",
     "write_submission_from_label_maps",
 ]
 
-HEADER = "ImageId,EncodedPixels"
 _COLUMNS = ("ImageId", "EncodedPixels")
 # Characters allowed in EncodedPixels; anything else makes the row unparseable.
 _NOT_RLE_CHAR = re.compile(r"[^0-9 ]")
@@ -106,13 +110,8 @@ class SubmissionWarning(UserWarning):
     """The submission was read but is not in the plain form (a byte-order mark)."""
 
 
-#: Decompressed size above which a compressed submission is refused (no submission of
-#: the competition comes near it; this stops a zip bomb).
-_MAX_DECOMPRESSED = 1 << 30
-
-
 def read_submission(path: str | os.PathLike, extra_columns: bool = False) -> pd.DataFrame:
-    """Read a submission CSV strictly.
+    """Read a submission CSV strictly (with :func:`dsb.rle.read_rle_rows`).
 
     Anything a standard CSV reader reads is read: quoted fields and headers (R's
     ``write.csv`` writes ``"ImageId","EncodedPixels"``), CRLF or CR line endings, a
@@ -140,129 +139,8 @@ def read_submission(path: str | os.PathLike, extra_columns: bool = False) -> pd.
         broken quoting, or rows without exactly as many fields as the header (all such
         rows are listed).
     """
-    path = Path(path)
-    if not path.exists():
-        raise SubmissionError(f"{path}: no such file")
-    if not path.is_file():
-        raise SubmissionError(f"{path}: not a file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SubmissionError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    data, name = _decompress(data, str(path))
-    return _parse_csv_bytes(data, name, extra_columns=extra_columns)
-
-
-def _decompress(data: bytes, name: str) -> tuple[bytes, str]:
-    """The CSV bytes of a gzip or zip file (``name`` then names the member), else ``data``."""
-    if data.startswith(b"\x1f\x8b"):
-        import gzip
-
-        try:
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
-                out = fh.read(_MAX_DECOMPRESSED + 1)
-        except Exception as exc:  # BadGzipFile, EOFError (truncated), zlib.error, ...
-            raise SubmissionError(f"{name}: a damaged gzip file ({type(exc).__name__}: {exc})") from None
-        if len(out) > _MAX_DECOMPRESSED:
-            raise SubmissionError(f"{name}: decompresses to more than {_MAX_DECOMPRESSED >> 20} MiB; not a submission")
-        return out, name
-    if data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        import zipfile
-
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                members = [m for m in zf.infolist()
-                           if not m.is_dir() and "__MACOSX" not in m.filename.split("/")
-                           and not m.filename.rsplit("/", 1)[-1].startswith(".")]
-                if len(members) != 1:
-                    shown = ", ".join(m.filename for m in members[:5]) or "nothing"
-                    raise SubmissionError(f"{name}: a zip must hold exactly one CSV file; it holds {len(members)} ({shown})")
-                member = members[0]
-                if member.file_size > _MAX_DECOMPRESSED:
-                    raise SubmissionError(f"{name}:{member.filename}: larger than {_MAX_DECOMPRESSED >> 20} MiB; not a submission")
-                with zf.open(member) as fh:
-                    out = fh.read(_MAX_DECOMPRESSED + 1)
-        except SubmissionError:
-            raise
-        except Exception as exc:  # BadZipFile, zlib.error, EOFError, encrypted, unsupported method, ...
-            raise SubmissionError(f"{name}: a damaged or unsupported zip file ({type(exc).__name__}: {exc})") from None
-        if len(out) > _MAX_DECOMPRESSED:
-            raise SubmissionError(f"{name}: decompresses to more than {_MAX_DECOMPRESSED >> 20} MiB; not a submission")
-        return out, f"{name}:{member.filename}"
-    return data, name
-
-
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-
-
-def _parse_csv_bytes(data: bytes, name: str, extra_columns: bool = False) -> pd.DataFrame:
-    if not data.strip():
-        raise SubmissionError(f"{name}: the file is empty; expected the header {HEADER!r}")
-    if b"\x00" in data:
-        line = len(_LINE_BREAK.findall(data[: data.index(b"\x00")].decode("latin-1"))) + 1
-        raise SubmissionError(f"{name}: binary data (a NUL byte on line {line}); not a CSV text file")
-    if data.startswith(codecs.BOM_UTF8):
-        warnings.warn(f"{name}: starts with a UTF-8 byte-order mark; read without it", SubmissionWarning, stacklevel=3)
-        data = data[len(codecs.BOM_UTF8):]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = len(_LINE_BREAK.findall(data[: exc.start].decode("latin-1"))) + 1
-        raise SubmissionError(
-            f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})"
-        ) from None
-
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader, [])
-    except csv.Error:
-        header = None
-    first_line = _LINE_BREAK.split(text, 1)[0]
-    columns = _header_columns(header, extra_columns)
-    if columns is None:
-        wanted = f"exactly {HEADER!r}" + (" (quoting allowed)" if first_line.startswith('"') else "")
-        if extra_columns:
-            wanted = f"a header with the columns ImageId and EncodedPixels (once each), like {HEADER!r}"
-        raise SubmissionError(f"{name}: line 1 must be {wanted}, found {_shorten(first_line)!r}")
-    id_col, rle_col, n_fields = columns
-
-    image_ids: list[str] = []
-    rles: list[str] = []
-    lines: list[int] = []
-    bad_rows: list[str] = []
-    try:
-        previous_end = reader.line_num
-        for record in reader:
-            line, previous_end = previous_end + 1, reader.line_num
-            if not record:  # a blank line
-                continue
-            if len(record) != n_fields:
-                bad_rows.append(f"line {line}: {len(record)} field(s), expected {n_fields}")
-                continue
-            image_ids.append(record[id_col])
-            rles.append(record[rle_col])
-            lines.append(line)
-    except csv.Error as exc:
-        raise SubmissionError(f"{name}: not a valid CSV (line {reader.line_num}: {exc})") from None
-    if bad_rows:
-        shown = "\n  ".join(bad_rows[:_SHOWN_PROBLEMS])
-        more = f"\n  ... and {len(bad_rows) - _SHOWN_PROBLEMS} more" if len(bad_rows) > _SHOWN_PROBLEMS else ""
-        what = f"the two columns {HEADER!r}" if n_fields == 2 else f"the header's {n_fields} fields"
-        raise SubmissionError(
-            f"{name}: {len(bad_rows)} row(s) do not have exactly {what}:\n  {shown}{more}"
-        )
-    return _frame(image_ids, rles, lines)
-
-
-def _header_columns(header: list[str] | None, extra_columns: bool) -> tuple[int, int, int] | None:
-    """``(ImageId index, EncodedPixels index, number of fields)`` of a good header, else None."""
-    if header is None:
-        return None
-    if header == list(_COLUMNS):
-        return 0, 1, 2
-    if not extra_columns or header.count("ImageId") != 1 or header.count("EncodedPixels") != 1:
-        return None
-    return header.index("ImageId"), header.index("EncodedPixels"), len(header)
+    rows = read_rle_rows(path, extra_columns=extra_columns, error=SubmissionError, warning=SubmissionWarning)
+    return _frame(rows.columns["ImageId"], rows.columns["EncodedPixels"], rows.lines)
 
 
 def _frame(image_ids: Sequence[str], rles: Sequence[str], lines: Sequence[int]) -> pd.DataFrame:
@@ -607,6 +485,78 @@ def submission_runs(
     return runs
 
 
+# --------------------------------------------------------------------------- scoring
+
+
+class _Solution:
+    """Truth for scoring: ids, shapes and label maps from a solution CSV or a stage."""
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        if path.is_file() and not zipfile.is_zipfile(path):
+            table = read_rle_csv(path)
+            missing = [i for i in table.image_ids if table.shape(i) is None]
+            if missing:
+                raise DataError(
+                    f"{path}: a solution CSV needs Height and Width columns (no shape for "
+                    f"{len(missing)} image(s), e.g. {missing[0]}); give the Kaggle-layout "
+                    "folder or zip with masks/ instead"
+                )
+            self.all_ids = list(table.image_ids)
+            self.shapes = {i: table.shape(i) for i in self.all_ids}
+            self.label_map = table.label_map
+            ignored = table.ignored_ids
+        else:
+            stage = open_stage(path, labels="masks")
+            if not stage.has_labels:
+                raise DataError(f"{path}: no <ImageId>/masks/*.png; a solution folder or zip needs the held-out masks")
+            self.all_ids = list(stage.image_ids)
+            self.shapes = {i: stage.image_shape(i) for i in self.all_ids}
+            self.label_map = stage.read_label_map
+            ignored = set()
+        self.ignored_ids = tuple(i for i in self.all_ids if i in ignored)
+        self.scored_ids = [i for i in self.all_ids if i not in ignored]
+
+
+def score_submission(
+    submission_csv: str | os.PathLike, solution: str | os.PathLike
+) -> DatasetScore:
+    """Score a submission CSV against the held-out truth, as Kaggle would.
+
+    Parameters
+    ----------
+    submission_csv : path
+        ``ImageId,EncodedPixels`` file (extra columns are ignored; read as by
+        :func:`read_submission`). It must pass :func:`check_submission` against the
+        solution's ids and shapes (Kaggle refused invalid submissions), else
+        :class:`~dsb.errors.InvalidSubmissionError` carries every problem.
+    solution : path
+        Either a solution CSV (``ImageId,EncodedPixels,Height,Width`` and optionally
+        ``Usage``; images whose rows say ``Usage == "Ignored"`` must be in the submission
+        but are not scored), or a Kaggle-layout folder/zip with ``<id>/masks/*.png``
+        (shapes from the images).
+
+    Returns
+    -------
+    DatasetScore
+        Images in the solution's order; the metric is :func:`dsb.metrics.image_score`.
+    """
+    truth = _Solution(solution)
+    # Whatever columns the file carries (a solution file scored as a submission has
+    # Height/Width/Usage too; they are ignored), its rows pass the same checks as
+    # `dsb validate`: a duplicate, unknown id or unsorted pair is refused, not scored.
+    frame = read_submission(submission_csv, extra_columns=True)
+    runs_by_id = submission_runs(frame, image_shapes=truth.shapes, image_ids=truth.all_ids,
+                                 name=str(submission_csv))
+    records = []
+    for image_id in truth.scored_ids:
+        true_labels = truth.label_map(image_id)
+        # A valid submission has no overlaps, so painting loses nothing.
+        pred_labels, _ = runs_to_label_map(runs_by_id[image_id], truth.shapes[image_id])
+        records.append(image_score(true_labels, pred_labels, image_id=image_id))
+    return DatasetScore.from_images(records, ignored_ids=truth.ignored_ids)
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -659,8 +609,6 @@ def write_submission_from_label_maps(
     required and every label map's shape checked; without it the ids and shapes seen
     are used.
     """
-    from dsb.rle import label_map_to_rows
-
     rows: list[tuple[str, str]] = []
     seen_shapes: dict[str, tuple[int, int]] = {}
     for image_id, label_map in label_maps:

@@ -105,6 +105,14 @@ def test_low_layers_never_import_workflows_training_or_cli(low):
     assert bad == []
 
 
+def test_data_reads_below_submissions():
+    """rle -> data -> submission: the solution reader of dsb.submission opens Kaggle stages,
+    so dsb.data must never import dsb.submission (a cycle)."""
+    bad = [f"{p.name}:{line}" for p in sorted((ROOT / "dsb" / "data").rglob("*.py")) for t, line in _imports(p)
+           if t == "dsb.submission" or t.startswith("dsb.submission.")]
+    assert bad == []
+
+
 def test_the_metric_is_pure_numpy():
     names = {t.split(".")[0] for t, _ in _imports(ROOT / "dsb" / "metrics.py")}
     modules = {t for t, _ in _imports(ROOT / "dsb" / "metrics.py")}

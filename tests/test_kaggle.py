@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import shutil
 import warnings
@@ -314,6 +315,24 @@ def test_read_rle_csv_errors(tmp_path, content, message):
 def test_read_rle_csv_missing_file(tmp_path):
     with pytest.raises(DataError, match="nope.csv: no such file"):
         read_rle_csv(tmp_path / "nope.csv")
+
+
+def test_labels_read_what_submissions_read(tmp_path):
+    """Quoting, CR line ends, blank lines, gzip and a byte-order mark: labels are read by
+    the submissions' reader (dsb.rle.read_rle_rows), rows named by their real line."""
+    text = '"ImageId","EncodedPixels","Height","Width"\r"a","1 2 5 3",4,5\r\r"b","",3,3\r'
+    plain = tmp_path / "labels.csv"
+    plain.write_text(text, newline="")
+    gzipped = tmp_path / "labels.csv.gz"
+    gzipped.write_bytes(gzip.compress(b"\xef\xbb\xbf" + text.encode()))
+    with pytest.warns(DataWarning, match="labels.csv.gz: starts with a UTF-8 byte-order mark"):
+        from_gzip = read_rle_csv(gzipped)
+    for table in (read_rle_csv(plain), from_gzip):
+        assert table.image_ids == ["a", "b"] and table.shape("a") == (4, 5)
+        assert [r.tolist() for r in table.runs("a")] == [[[1, 2], [5, 3]]]
+    plain.write_text(text.replace('"",3,3', '"9 9",3,3'), newline="")
+    with pytest.raises(DataError, match=r"labels.csv: data row 2 \(line 4\), image b: a run goes past"):
+        read_rle_csv(plain).label_map("b")
 
 
 # ----------------------------------------------------------------------------- bad stages

@@ -1,4 +1,8 @@
-"""The competition metric: hand-computed cases (ties in integers) and agreement with stardist."""
+"""The competition metric: hand-computed cases (ties in integers) and agreement with stardist.
+
+The hand-made cases always run; only the comparisons with stardist (a dev extra) need it,
+through the ``stardist_matching`` fixture, and each skips alone when it is absent.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,11 @@ from skimage.segmentation import expand_labels
 
 from dsb.metrics import THRESHOLDS, DatasetScore, ImageScore, image_score, score_label_maps
 
-stardist_matching = pytest.importorskip("stardist.matching")
+
+@pytest.fixture(scope="module")
+def stardist_matching():
+    """``stardist.matching``, the independent reference; the test asking for it skips without it."""
+    return pytest.importorskip("stardist.matching")
 
 # ----------------------------------------------------------------- helpers
 
@@ -181,13 +189,21 @@ def test_dataset_score_is_the_mean_over_images():
 def test_uniqueness_argument_holds_with_many_overlaps():
     # A prediction that splits every true nucleus in two halves plus a sliver: each true
     # nucleus overlaps several predictions, yet at t >= 0.5 each is matched at most once.
-    rng = np.random.default_rng(7)
-    true = synthetic_labels(rng, (96, 96), 15)
-    pred = true * 3 + (np.indices(true.shape)[1] % 3 == 0) * (true > 0)
+    true, pred = many_overlaps()
     s = image_score(true, pred)
     assert (s.tp <= min(s.n_true, s.n_pred)).all()
     assert (np.diff(s.tp) <= 0).all()  # fewer hits as the threshold rises
-    assert_matches_stardist(true, pred)
+
+
+def many_overlaps() -> tuple[np.ndarray, np.ndarray]:
+    """Every true nucleus split in two halves plus a sliver (the case above)."""
+    rng = np.random.default_rng(7)
+    true = synthetic_labels(rng, (96, 96), 15)
+    return true, true * 3 + (np.indices(true.shape)[1] % 3 == 0) * (true > 0)
+
+
+def test_many_overlaps_match_stardist(stardist_matching):
+    assert_matches_stardist(stardist_matching, *many_overlaps())
 
 
 # ----------------------------------------------------------------- agreement with stardist
@@ -210,17 +226,16 @@ def near_tie(true: np.ndarray, pred: np.ndarray) -> bool:
     return bool(((gap > 0) & (gap <= 2 * NUDGE)).any())
 
 
-def stardist_precisions(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    return np.array(
-        [stardist_matching.matching(true, pred, thresh=t + NUDGE).accuracy for t in THRESHOLDS]
-    )
+def stardist_precisions(matching, true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    return np.array([matching.matching(true, pred, thresh=t + NUDGE).accuracy for t in THRESHOLDS])
 
 
-def assert_matches_stardist(true: np.ndarray, pred: np.ndarray) -> None:
+def assert_matches_stardist(matching, true: np.ndarray, pred: np.ndarray) -> None:
+    """Our precisions equal those of ``matching`` (``stardist.matching``) at every threshold."""
     assert true.any() and pred.any(), "stardist scores an empty/empty image 0, we score 1"
     assert not near_tie(true, pred)
     ours = image_score(true, pred)
-    np.testing.assert_allclose(ours.precision, stardist_precisions(true, pred), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ours.precision, stardist_precisions(matching, true, pred), rtol=0, atol=1e-9)
 
 
 def synthetic_labels(rng: np.random.Generator, shape: tuple[int, int], n: int) -> np.ndarray:
@@ -253,7 +268,7 @@ def perturb(rng: np.random.Generator, true: np.ndarray) -> np.ndarray:
     return pred
 
 
-def test_matches_stardist_on_synthetic_label_maps():
+def test_matches_stardist_on_synthetic_label_maps(stardist_matching):
     checked = 0
     for seed in range(60):
         rng = np.random.default_rng(seed)
@@ -262,12 +277,12 @@ def test_matches_stardist_on_synthetic_label_maps():
         pred = perturb(rng, true)
         if near_tie(true, pred):
             continue
-        assert_matches_stardist(true, pred)
+        assert_matches_stardist(stardist_matching, true, pred)
         checked += 1
     assert checked >= 55
 
 
-def test_matches_stardist_dataset_by_image():
+def test_matches_stardist_dataset_by_image(stardist_matching):
     rng = np.random.default_rng(123)
     trues = [synthetic_labels(rng, (100, 90), 20) for _ in range(8)]
     preds = [perturb(rng, t) for t in trues]
@@ -280,14 +295,13 @@ def test_matches_stardist_dataset_by_image():
 
 @pytest.fixture(scope="module")
 def dsb_mask() -> np.ndarray:
-    from stardist.data import test_image_nuclei_2d
-
-    _, mask = test_image_nuclei_2d(return_mask=True)
+    """The DSB2018 image stardist ships, with its instance mask."""
+    _, mask = pytest.importorskip("stardist.data").test_image_nuclei_2d(return_mask=True)
     return mask.astype(np.int32)
 
 
 @pytest.mark.parametrize("perturbation", ["identity", "shift", "dilate", "erode", "drop", "merge", "mixed"])
-def test_matches_stardist_on_its_dsb_image(dsb_mask, perturbation):
+def test_matches_stardist_on_its_dsb_image(stardist_matching, dsb_mask, perturbation):
     rng = np.random.default_rng(5)
     true = dsb_mask
     ids = np.unique(true)[1:]
@@ -309,113 +323,4 @@ def test_matches_stardist_on_its_dsb_image(dsb_mask, perturbation):
         pred = perturb(rng, true)
     if perturbation == "identity":
         assert image_score(true, pred).score == 1.0
-    assert_matches_stardist(true, pred)
-
-
-# ----------------------------------------------------------------- score_submission
-
-
-@pytest.fixture(scope="module")
-def synthetic_stage(tmp_path_factory):
-    """A small Kaggle-layout stage with masks (folder and zip) and its solution CSV."""
-    from dsb.data.synthetic import write_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("stage")
-    folder = write_synthetic_dataset(root / "stage", n=6, seed=3)
-    zipped = write_synthetic_dataset(root / "zipped" / "stage.zip", n=6, seed=3)
-    return folder, zipped
-
-
-def _submission_from_solution(solution_csv, out, rle=None):
-    """The solution's ImageId,EncodedPixels (or one fixed RLE per image) as a submission."""
-    import pandas as pd
-
-    frame = pd.read_csv(solution_csv, dtype=str, keep_default_na=False)
-    if rle is not None:
-        frame = frame.drop_duplicates("ImageId").assign(EncodedPixels=rle)
-    frame[["ImageId", "EncodedPixels"]].to_csv(out, index=False, lineterminator="\n")
-    return out
-
-
-def test_solution_scored_against_itself_is_one(synthetic_stage, tmp_path):
-    from dsb.metrics import score_submission
-
-    folder, zipped = synthetic_stage
-    submission = _submission_from_solution(folder.solution_csv, tmp_path / "self.csv")
-    for solution in (folder.solution_csv, folder.path, zipped.path):
-        result = score_submission(submission, solution)
-        assert result.map == 1.0 and result.n_images == 6
-        assert sorted(result.per_image) == sorted(folder.image_ids)
-
-
-def test_sample_submission_scores_zero(synthetic_stage, tmp_path):
-    from dsb.metrics import score_submission
-
-    folder, _ = synthetic_stage
-    sample = _submission_from_solution(folder.solution_csv, tmp_path / "sample.csv", rle="1 1")
-    result = score_submission(sample, folder.solution_csv)
-    assert result.map == 0.0 and set(result.per_image.values()) == {0.0}
-
-
-def test_score_submission_equals_label_map_scores(synthetic_stage, tmp_path):
-    from dsb.data.kaggle import open_stage
-    from dsb.metrics import score_submission
-    from dsb.submission import write_submission_from_label_maps
-
-    folder, _ = synthetic_stage
-    stage = open_stage(folder.path)
-    rng = np.random.default_rng(0)
-    truths = {i: stage.read_label_map(i) for i in stage.image_ids}
-    preds = {i: perturb(rng, t) for i, t in truths.items()}
-    shapes = {i: t.shape for i, t in truths.items()}
-    submission = write_submission_from_label_maps(tmp_path / "pred.csv", preds.items(), shapes)
-    result = score_submission(submission, folder.solution_csv)
-    expected = score_label_maps((i, truths[i], preds[i]) for i in folder.image_ids)
-    assert 0 < result.map < 1
-    assert result.map == pytest.approx(expected.map, abs=1e-12)
-    assert dict(result.per_image) == pytest.approx(dict(expected.per_image), abs=1e-12)
-
-
-def test_ignored_images_are_not_scored(synthetic_stage, tmp_path):
-    import pandas as pd
-
-    from dsb.errors import SubmissionError
-    from dsb.metrics import score_submission
-
-    folder, _ = synthetic_stage
-    solution = pd.read_csv(folder.solution_csv, dtype=str, keep_default_na=False)
-    ignored = folder.image_ids[1]
-    solution.loc[solution.ImageId == ignored, "Usage"] = "Ignored"
-    solution.to_csv(tmp_path / "solution.csv", index=False)
-    # Perfect everywhere but the ignored image, which gets a wrong prediction.
-    submission = _submission_from_solution(folder.solution_csv, tmp_path / "sub.csv")
-    frame = pd.read_csv(submission, dtype=str, keep_default_na=False)
-    frame = pd.concat([frame[frame.ImageId != ignored], pd.DataFrame({"ImageId": [ignored], "EncodedPixels": ["1 1"]})])
-    frame.to_csv(submission, index=False)
-    result = score_submission(submission, tmp_path / "solution.csv")
-    assert result.map == 1.0 and result.n_images == 5 and result.ignored_ids == (ignored,)
-    assert ignored not in result.per_image
-    # The ignored image must still be in the submission, as on Kaggle.
-    frame[frame.ImageId != ignored].to_csv(submission, index=False)
-    with pytest.raises(SubmissionError, match=f"no row: {ignored}"):
-        score_submission(submission, tmp_path / "solution.csv")
-
-
-def test_score_submission_errors(synthetic_stage, tmp_path):
-    import pandas as pd
-
-    from dsb.errors import DataError, SubmissionError
-    from dsb.metrics import score_submission
-
-    folder, _ = synthetic_stage
-    good = _submission_from_solution(folder.solution_csv, tmp_path / "good.csv")
-    bad = tmp_path / "bad.csv"
-    bad.write_text(good.read_text().replace(f"\n{folder.image_ids[0]},", f"\n{folder.image_ids[0]},5 1 1 1 ", 1))
-    with pytest.raises(SubmissionError, match="pairs not sorted"):
-        score_submission(bad, folder.solution_csv)
-    no_shapes = tmp_path / "no_shapes.csv"
-    pd.read_csv(folder.solution_csv).drop(columns=["Height", "Width"]).to_csv(no_shapes, index=False)
-    with pytest.raises(DataError, match="Height and Width"):
-        score_submission(good, no_shapes)
-    with pytest.raises(DataError):
-        score_submission(good, tmp_path / "missing")
+    assert_matches_stardist(stardist_matching, true, pred)

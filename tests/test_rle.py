@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dsb.errors import DataError
+from dsb.errors import DataError, SubmissionError
 from dsb.rle import (
+    HEADER,
     label_map_to_rows,
     label_map_to_runs,
     mask_runs,
     pairs_to_rle,
+    read_rle_rows,
     rle_decode,
     rle_encode,
     rle_to_pairs,
@@ -265,3 +269,42 @@ def test_large_label_id():
     label_map = np.zeros((6, 4), np.int64)
     label_map[2:4, 1] = 123_456
     assert label_map_to_rows("y", label_map) == [("y", "9 2")]
+
+
+# ----------------------------------------------------------------- RLE CSV files (the one reader)
+
+
+def test_read_rle_rows_keeps_every_column_and_the_real_lines(tmp_path):
+    path = tmp_path / "solution.csv"
+    path.write_text('ImageId,EncodedPixels,Usage\na,1 2,Public\n\nb,"3 1\n4 1",Private\nc,,Public\n', newline="")
+    rows = read_rle_rows(path, extra_columns=True)
+    assert rows.name == str(path) and len(rows) == 3
+    assert list(rows.columns) == ["ImageId", "EncodedPixels", "Usage"]
+    assert rows.columns["EncodedPixels"] == ["1 2", "3 1\n4 1", ""]  # as written: nothing judged
+    assert rows.lines.tolist() == [2, 4, 6]  # the blank line 3 skipped, line 5 inside a field
+    with pytest.raises(DataError, match=f"line 1 must be exactly {HEADER!r}"):
+        read_rle_rows(path)  # a submission's header is exact
+    with pytest.raises(SubmissionError, match="line 1 must be exactly"):
+        read_rle_rows(path, error=SubmissionError)
+
+
+def test_read_rle_rows_header_needs_both_columns_once(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("ImageId,EncodedPixels,ImageId\na,1 1,a\n")
+    with pytest.raises(DataError, match=r"twice.csv: line 1: the header needs .*; ImageId more than once"):
+        read_rle_rows(path, extra_columns=True)
+    path.write_text("ImageId, EncodedPixels,Usage\na,1 1,Public\n")  # names as written
+    with pytest.raises(DataError, match=r"twice.csv: line 1: the header needs .*; missing EncodedPixels"):
+        read_rle_rows(path, extra_columns=True)
+    path.write_text("\n")
+    with pytest.raises(DataError, match="twice.csv: empty file; expected the header 'ImageId,EncodedPixels'"):
+        read_rle_rows(path, extra_columns=True)
+
+
+def test_read_rle_rows_names_the_zip_member(tmp_path):
+    path = tmp_path / "labels.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("inner/labels.csv", "ImageId,EncodedPixels\na,1 1\n")
+        zf.writestr("__MACOSX/inner/._labels.csv", "junk")
+    rows = read_rle_rows(path)
+    assert rows.name == f"{path}:inner/labels.csv" and rows.columns["ImageId"] == ["a"]

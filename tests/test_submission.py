@@ -1,8 +1,10 @@
-"""Submission files: strict reading, every problem with its line, safe writing."""
+"""Submission files: strict reading, every problem with its line, scoring, safe writing."""
 
 from __future__ import annotations
 
+import gzip
 import time
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -10,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsb.errors import SubmissionError
-from dsb.metrics import image_score
+from dsb.data.kaggle import open_stage, read_rle_csv
+from dsb.data.synthetic import write_synthetic_dataset
+from dsb.errors import DataError, SubmissionError
+from dsb.metrics import image_score, score_label_maps
 from dsb.rle import rle_to_pairs, runs_to_label_map
 from dsb.submission import (
     HEADER,
@@ -21,6 +25,7 @@ from dsb.submission import (
     check_runs,
     check_submission,
     read_submission,
+    score_submission,
     submission_runs,
     write_submission,
     write_submission_from_label_maps,
@@ -127,9 +132,6 @@ def test_bom_is_read_with_a_warning(tmp_path):
 
 
 def test_gzip_and_zip_submissions(tmp_path):
-    import gzip
-    import zipfile
-
     text = csv_text(*VALID).encode()
     gz = tmp_path / "sub.csv.gz"
     gz.write_bytes(gzip.compress(text))
@@ -156,8 +158,6 @@ def test_gzip_and_zip_submissions(tmp_path):
     ],
 )
 def test_damaged_compressed_submissions(tmp_path, content, message):
-    import gzip
-
     if content is None:
         content = gzip.compress(csv_text(*VALID).encode() * 50)[:-30]
     with pytest.raises(SubmissionError, match=message):
@@ -165,8 +165,6 @@ def test_damaged_compressed_submissions(tmp_path, content, message):
 
 
 def test_zip_with_two_files_is_refused(tmp_path):
-    import zipfile
-
     path = tmp_path / "two.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("a.csv", csv_text(*VALID))
@@ -346,6 +344,129 @@ def test_submission_runs_groups_rows_per_image(tmp_path):
     assert runs["b"] == []
     with pytest.raises(SubmissionError, match="(?s)1 problem.*line 3: a: pairs not sorted"):
         submission_runs(write(tmp_path, csv_text("a,1 1", "a,5 1 1 1", "b,", "c,")), SHAPES)
+
+
+# ----------------------------------------------------------------- one reader for submissions and labels
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        "ImageId,EncodedPixels\na,caf\u00e9\n".encode("cp1252"),
+        b"ImageId,EncodedPixels\na,1 1\nb,1 1,extra\n",
+        b'ImageId,EncodedPixels\na,"1 1\n',
+        b"\x1f\x8b\x08\x00garbage",
+        b"PK\x03\x04" + b"\x00" * 40,
+    ],
+)
+def test_submissions_and_labels_are_read_alike(tmp_path, content):
+    """A file that is not a CSV of RLE gets the same message from both readers (a
+    submission read as a solution is, with extra columns allowed); only the error class
+    differs (exit code 2 either way)."""
+    path = write(tmp_path, content)
+    with pytest.raises(SubmissionError) as as_submission:
+        read_submission(path, extra_columns=True)
+    with pytest.raises(DataError) as as_labels:
+        read_rle_csv(path)
+    assert str(as_submission.value) == str(as_labels.value)
+    assert str(path) in str(as_labels.value)
+
+
+# ----------------------------------------------------------------- score_submission
+
+
+@pytest.fixture(scope="module")
+def synthetic_stage(tmp_path_factory):
+    """A small Kaggle-layout stage with masks (folder and zip) and its solution CSV."""
+    root = tmp_path_factory.mktemp("stage")
+    folder = write_synthetic_dataset(root / "stage", n=6, seed=3)
+    zipped = write_synthetic_dataset(root / "zipped" / "stage.zip", n=6, seed=3)
+    return folder, zipped
+
+
+def _submission_from_solution(solution_csv, out, rle=None):
+    """The solution's ImageId,EncodedPixels (or one fixed RLE per image) as a submission."""
+    frame = pd.read_csv(solution_csv, dtype=str, keep_default_na=False)
+    if rle is not None:
+        frame = frame.drop_duplicates("ImageId").assign(EncodedPixels=rle)
+    frame[["ImageId", "EncodedPixels"]].to_csv(out, index=False, lineterminator="\n")
+    return out
+
+
+def _imperfect(rng: np.random.Generator, truth: np.ndarray) -> np.ndarray:
+    """A plausible prediction: the truth shifted by a pixel, about a sixth of it dropped."""
+    pred = np.roll(truth, (1, 1), axis=(0, 1))
+    ids = np.unique(pred)[1:]
+    pred[np.isin(pred, rng.choice(ids, size=ids.size // 6, replace=False))] = 0
+    return pred
+
+
+def test_solution_scored_against_itself_is_one(synthetic_stage, tmp_path):
+    folder, zipped = synthetic_stage
+    submission = _submission_from_solution(folder.solution_csv, tmp_path / "self.csv")
+    for solution in (folder.solution_csv, folder.path, zipped.path):
+        result = score_submission(submission, solution)
+        assert result.map == 1.0 and result.n_images == 6
+        assert sorted(result.per_image) == sorted(folder.image_ids)
+
+
+def test_sample_submission_scores_zero(synthetic_stage, tmp_path):
+    folder, _ = synthetic_stage
+    sample = _submission_from_solution(folder.solution_csv, tmp_path / "sample.csv", rle="1 1")
+    result = score_submission(sample, folder.solution_csv)
+    assert result.map == 0.0 and set(result.per_image.values()) == {0.0}
+
+
+def test_score_submission_equals_label_map_scores(synthetic_stage, tmp_path):
+    folder, _ = synthetic_stage
+    stage = open_stage(folder.path)
+    rng = np.random.default_rng(0)
+    truths = {i: stage.read_label_map(i) for i in stage.image_ids}
+    preds = {i: _imperfect(rng, t) for i, t in truths.items()}
+    shapes = {i: t.shape for i, t in truths.items()}
+    submission = write_submission_from_label_maps(tmp_path / "pred.csv", preds.items(), shapes)
+    result = score_submission(submission, folder.solution_csv)
+    expected = score_label_maps((i, truths[i], preds[i]) for i in folder.image_ids)
+    assert 0 < result.map < 1
+    assert result.map == pytest.approx(expected.map, abs=1e-12)
+    assert dict(result.per_image) == pytest.approx(dict(expected.per_image), abs=1e-12)
+
+
+def test_ignored_images_are_not_scored(synthetic_stage, tmp_path):
+    folder, _ = synthetic_stage
+    solution = pd.read_csv(folder.solution_csv, dtype=str, keep_default_na=False)
+    ignored = folder.image_ids[1]
+    solution.loc[solution.ImageId == ignored, "Usage"] = "Ignored"
+    solution.to_csv(tmp_path / "solution.csv", index=False)
+    # Perfect everywhere but the ignored image, which gets a wrong prediction.
+    submission = _submission_from_solution(folder.solution_csv, tmp_path / "sub.csv")
+    frame = pd.read_csv(submission, dtype=str, keep_default_na=False)
+    frame = pd.concat([frame[frame.ImageId != ignored], pd.DataFrame({"ImageId": [ignored], "EncodedPixels": ["1 1"]})])
+    frame.to_csv(submission, index=False)
+    result = score_submission(submission, tmp_path / "solution.csv")
+    assert result.map == 1.0 and result.n_images == 5 and result.ignored_ids == (ignored,)
+    assert ignored not in result.per_image
+    # The ignored image must still be in the submission, as on Kaggle.
+    frame[frame.ImageId != ignored].to_csv(submission, index=False)
+    with pytest.raises(SubmissionError, match=f"no row: {ignored}"):
+        score_submission(submission, tmp_path / "solution.csv")
+
+
+def test_score_submission_errors(synthetic_stage, tmp_path):
+    folder, _ = synthetic_stage
+    good = _submission_from_solution(folder.solution_csv, tmp_path / "good.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(good.read_text().replace(f"\n{folder.image_ids[0]},", f"\n{folder.image_ids[0]},5 1 1 1 ", 1))
+    with pytest.raises(SubmissionError, match="pairs not sorted"):
+        score_submission(bad, folder.solution_csv)
+    no_shapes = tmp_path / "no_shapes.csv"
+    pd.read_csv(folder.solution_csv).drop(columns=["Height", "Width"]).to_csv(no_shapes, index=False)
+    with pytest.raises(DataError, match="Height and Width"):
+        score_submission(good, no_shapes)
+    with pytest.raises(DataError):
+        score_submission(good, tmp_path / "missing")
 
 
 # ----------------------------------------------------------------- writing

@@ -8,7 +8,8 @@ folder inside it::
 
 Labels come either from those mask PNGs or from a run-length CSV
 (``stage1_train_labels.csv``, the community ``_fixed`` variant, or a solution file with
-``ImageId,EncodedPixels,Height,Width,Usage``), read by :func:`read_rle_csv`.
+``ImageId,EncodedPixels,Height,Width,Usage``), read by :func:`read_rle_csv` (on top of
+:func:`dsb.rle.read_rle_rows`, the reader submissions are read with too).
 
 Everything is lazy: :func:`open_stage` builds an index from file names once (a zip is
 never unpacked) and pixels are decoded only when asked for.
@@ -35,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dsb.data.imagetypes import classify_image
 from dsb.errors import DataError
-from dsb.rle import mask_runs, rle_to_pairs, runs_to_label_map
+from dsb.rle import RleRows, mask_runs, read_rle_rows, rle_to_pairs, runs_to_label_map
 
 __all__ = ["DataWarning", "RleTable", "Stage", "open_stage", "read_rle_csv", "sixteen_bit_scale", "stage_summary"]
 
@@ -75,12 +76,11 @@ def _image_error(what: str, exc: BaseException, size: int | None = None) -> Data
 #: Zero or more ``start length`` pairs separated by whitespace (digits and spaces are
 #: disjoint classes, so this cannot backtrack badly).
 _RLE_PATTERN = r"\s*(?:\d+\s+\d+(?:\s+\d+\s+\d+)*)?\s*"
-_REQUIRED_COLUMNS = ("ImageId", "EncodedPixels")
 
 
-def _row_where(path: Path, row: int) -> str:
-    """``file: data row N (line N+1)``; ``row`` is the 0-based data row index."""
-    return f"{path}: data row {row + 1} (line {row + 2})"
+def _row_where(name: str, lines: np.ndarray, row: int) -> str:
+    """``file: data row N (line L)``; ``row`` is the 0-based data row index."""
+    return f"{name}: data row {row + 1} (line {int(lines[row])})"
 
 
 class RleTable:
@@ -92,7 +92,8 @@ class RleTable:
     Attributes
     ----------
     path : Path
-        The CSV file (used in every error message).
+        The CSV file, as given (messages about a row name it as read: a zipped CSV's
+        member too, and the row's CSV line).
     image_ids : list of str
         Image ids in order of first appearance in the file.
     ignored_ids : set of str
@@ -106,8 +107,14 @@ class RleTable:
         rows: dict[str, np.ndarray],
         shapes: dict[str, tuple[int, int]],
         usage: dict[str, str],
+        name: str,
+        lines: np.ndarray,
     ) -> None:
         self.path = path
+        # Row messages name the file as read (``labels.zip:labels.csv`` when zipped) and
+        # each row's CSV line.
+        self._name = name
+        self._lines = lines
         self._encoded = encoded
         self._rows = rows
         self._shapes = shapes
@@ -191,12 +198,12 @@ class RleTable:
                 starts, lengths = pairs[:, 0], pairs[:, 1]
                 if (starts < 1).any() or (lengths < 1).any():
                     raise DataError(
-                        f"{_row_where(self.path, row)}, image {image_id}: "
+                        f"{_row_where(self._name, self._lines, row)}, image {image_id}: "
                         "a start < 1 or a length < 1"
                     )
                 if (starts + lengths - 1 > n_pixels).any():
                     raise DataError(
-                        f"{_row_where(self.path, row)}, image {image_id}: a run goes past "
+                        f"{_row_where(self._name, self._lines, row)}, image {image_id}: a run goes past "
                         f"the last pixel of the {shape[0]}x{shape[1]} image ({n_pixels} pixels)"
                     )
             runs.append(pairs)
@@ -206,51 +213,31 @@ class RleTable:
 def read_rle_csv(path: str | os.PathLike) -> RleTable:
     """Read a Kaggle run-length CSV (train labels, fixed labels or a solution file).
 
-    The header must contain ``ImageId`` and ``EncodedPixels``; optional ``Height`` and
-    ``Width`` give each image's size and ``Usage`` its scoring split (``Public``,
-    ``Private`` or ``Ignored``). Every RLE string is checked to be start/length pairs of
-    integers here (vectorised); the strings are turned into arrays only by
-    :meth:`RleTable.runs`, so reading the 29,461-row train labels takes well under a
-    second.
+    The file is read by :func:`dsb.rle.read_rle_rows` (the reader of submissions too: gzip
+    or zip compression, quoting, CRLF/CR, blank lines, a byte-order mark with a
+    :class:`DataWarning`). The header must contain ``ImageId`` and ``EncodedPixels``;
+    optional ``Height`` and ``Width`` give each image's size and ``Usage`` its scoring
+    split (``Public``, ``Private`` or ``Ignored``). Every RLE string is checked to be
+    start/length pairs of integers here (vectorised); the strings are turned into arrays
+    only by :meth:`RleTable.runs`, so reading the 29,461-row train labels takes well under
+    a second.
 
     Raises
     ------
     DataError
-        Missing file, binary or non-UTF-8 content, a malformed CSV, missing columns, an
-        empty ``ImageId``, an unparseable ``EncodedPixels``, a bad or inconsistent
-        ``Height``/``Width``/``Usage``. Messages name the file and the data row (1-based,
-        not counting the header) with its line number.
+        Missing file, damaged compression, binary or non-UTF-8 content, a malformed CSV,
+        missing columns, an empty ``ImageId``, an unparseable ``EncodedPixels``, a bad or
+        inconsistent ``Height``/``Width``/``Usage``. Messages name the file and the data
+        row (1-based, not counting the header or blank lines) with its line number.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    with open(path, "rb") as fh:
-        head = fh.read(8192)
-    if b"\0" in head:
-        raise DataError(f"{path}: not a CSV file (binary data)")
-    try:
-        df = pd.read_csv(
-            path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8"
-        )
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a CSV file (not UTF-8 text)") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: empty file (expected a header ImageId,EncodedPixels)") from None
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: not a valid CSV: {str(exc).strip()}") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in _REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{path}: line 1: the header needs columns ImageId and EncodedPixels; "
-            f"missing {', '.join(missing)} (found {', '.join(map(str, df.columns)) or 'nothing'})"
-        )
-
+    read = read_rle_rows(path, extra_columns=True, error=DataError, warning=DataWarning)
+    df = pd.DataFrame(read.columns, dtype=object)
     image_ids = df["ImageId"].str.strip()
     encoded = df["EncodedPixels"].str.strip()
     empty_id = np.flatnonzero((image_ids == "").to_numpy())
     if len(empty_id):
-        raise DataError(f"{_row_where(path, int(empty_id[0]))}: empty ImageId")
+        raise DataError(f"{_row_where(read.name, read.lines, int(empty_id[0]))}: empty ImageId")
     bad = np.flatnonzero(~encoded.str.fullmatch(_RLE_PATTERN).to_numpy(dtype=bool))
     if len(bad):
         row = int(bad[0])
@@ -262,7 +249,7 @@ def read_rle_csv(path: str | os.PathLike) -> RleTable:
             reason = str(exc)
         shown = text if len(text) <= 40 else text[:37] + "..."
         raise DataError(
-            f"{_row_where(path, row)}, image {image_ids.iat[row]}: EncodedPixels {shown!r} "
+            f"{_row_where(read.name, read.lines, row)}, image {image_ids.iat[row]}: EncodedPixels {shown!r} "
             f"is not valid RLE ({reason})"
             + (f"; {len(bad)} bad rows in all" if len(bad) > 1 else "")
         )
@@ -271,20 +258,20 @@ def read_rle_csv(path: str | os.PathLike) -> RleTable:
     codes, order = pd.factorize(image_ids)
     bounds = np.cumsum(np.bincount(codes, minlength=len(order)))[:-1]
     rows = dict(zip(order.tolist(), np.split(np.argsort(codes, kind="stable"), bounds)))
-    shapes = _read_shapes(path, df, image_ids, rows)
-    usage = _read_usage(path, df, image_ids, rows)
-    return RleTable(path, encoded.to_numpy(dtype=object), rows, shapes, usage)
+    shapes = _read_shapes(read, df, image_ids, rows)
+    usage = _read_usage(read, df, image_ids, rows)
+    return RleTable(path, encoded.to_numpy(dtype=object), rows, shapes, usage, read.name, read.lines)
 
 
 def _read_shapes(
-    path: Path, df: pd.DataFrame, image_ids: pd.Series, rows: dict[str, np.ndarray]
+    read: RleRows, df: pd.DataFrame, image_ids: pd.Series, rows: dict[str, np.ndarray]
 ) -> dict[str, tuple[int, int]]:
     """Per-image ``(Height, Width)`` when the file has both columns; checks consistency."""
     has = [c in df.columns for c in ("Height", "Width")]
     if not any(has):
         return {}
     if not all(has):
-        raise DataError(f"{path}: line 1: has only one of the Height and Width columns")
+        raise DataError(f"{read.name}: line 1: has only one of the Height and Width columns")
     dims = []
     for column in ("Height", "Width"):
         values = pd.to_numeric(df[column].str.strip(), errors="coerce").to_numpy(dtype=float)
@@ -292,7 +279,7 @@ def _read_shapes(
         if len(bad):
             row = int(bad[0])
             raise DataError(
-                f"{_row_where(path, row)}, image {image_ids.iat[row]}: "
+                f"{_row_where(read.name, read.lines, row)}, image {image_ids.iat[row]}: "
                 f"{column} {df[column].iat[row]!r} is not a positive integer"
             )
         dims.append(values.astype(np.int64))
@@ -303,7 +290,7 @@ def _read_shapes(
         if (h != h[0]).any() or (w != w[0]).any():
             row = int(idx[np.flatnonzero((h != h[0]) | (w != w[0]))[0]])
             raise DataError(
-                f"{_row_where(path, row)}: image {image_id} has Height/Width "
+                f"{_row_where(read.name, read.lines, row)}: image {image_id} has Height/Width "
                 f"{heights[row]}x{widths[row]} but {h[0]}x{w[0]} on its first row"
             )
         shapes[image_id] = (int(h[0]), int(w[0]))
@@ -311,7 +298,7 @@ def _read_shapes(
 
 
 def _read_usage(
-    path: Path, df: pd.DataFrame, image_ids: pd.Series, rows: dict[str, np.ndarray]
+    read: RleRows, df: pd.DataFrame, image_ids: pd.Series, rows: dict[str, np.ndarray]
 ) -> dict[str, str]:
     """Per-image ``Usage`` when the file has the column; one value per image."""
     if "Usage" not in df.columns:
@@ -324,7 +311,7 @@ def _read_usage(
         if len(differs):
             row = int(idx[differs[0]])
             raise DataError(
-                f"{_row_where(path, row)}: image {image_id} has Usage {values[row]!r} "
+                f"{_row_where(read.name, read.lines, row)}: image {image_id} has Usage {values[row]!r} "
                 f"but {first!r} on its first row"
             )
         usage[image_id] = str(first)
