@@ -11,7 +11,6 @@ import typer
 from rich.table import Table
 
 from cli.common import console, dsb_command, progress_bar, stdout
-from dsb.data.groups import stage_groups
 from dsb.data.kaggle import open_stage, stage_summary
 from dsb.data.synthetic import write_synthetic_dataset
 from dsb.utils import atomic_write
@@ -54,6 +53,8 @@ def _print_info(info: dict) -> None:
 
 
 def _experiment_groups(stage, threshold: float, csv_path: Path | None) -> dict:
+    from dsb.data.groups import stage_groups  # torch and albumentations (via dsb.data.dataset): load on demand
+
     with progress_bar(transient=True) as progress:
         task = progress.add_task("experiment groups", total=len(stage))
         found = stage_groups(stage, threshold, progress=lambda done: progress.update(task, completed=done))

@@ -10,9 +10,11 @@ from rich.table import Table
 
 from cli.common import console, dsb_command, progress_bar
 from dsb.config import load_config
-from dsb.demo import run_demo
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+# The library's torch-based modules are imported inside the command: `dsb --help` and the
+# light commands start in a fraction of a second instead of the seconds torch takes.
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +28,8 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: section.key=value.")] = None,
     ) -> None:
         """The main job end to end: data, training, TTA prediction, watershed, submission, score."""
+        from dsb.demo import run_demo
+
         cfg = load_config(config or DEMO_CONFIG, list(set_ or []))
         with progress_bar() as progress:
             task = progress.add_task("train fold 0", total=cfg.train.epochs)

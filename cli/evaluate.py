@@ -10,13 +10,14 @@ import typer
 from rich.table import Table
 
 from cli.common import console, dsb_command, stdout
-from dsb.evaluate import run_evaluation
 from dsb.metrics import THRESHOLDS
-from dsb.report import write_figures
 from dsb.rundir import load_run_config
 
 _SHORT = {"n_true": "true", "n_pred": "pred", "small_true": "small", "small_missed_rate": "small missed",
           "area_ratio": "area pred/true"}
+
+# The library's torch-based modules are imported inside the command: `dsb --help` and the
+# light commands start in a fraction of a second instead of the seconds torch takes.
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +33,9 @@ def register(app: typer.Typer) -> None:
             "--figures", help="Folder for training_curves.png and overlays.png (typical images per type).")] = None,
     ) -> None:
         """Score a run's out-of-fold predictions: overall, per image type, per threshold."""
+        from dsb.evaluate import run_evaluation
+        from dsb.report import write_figures
+
         report = run_evaluation(run_dir, out_csv, labels)
         written = []
         if figures is not None:

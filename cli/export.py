@@ -9,8 +9,10 @@ import typer
 
 from cli.common import console, dsb_command
 from dsb.data.folds import parse_folds
-from dsb.export import ship_run
 from dsb.rundir import WEIGHTS_DIR
+
+# The library's torch-based modules are imported inside the command: `dsb --help` and the
+# light commands start in a fraction of a second instead of the seconds torch takes.
 
 
 def register(app: typer.Typer) -> None:
@@ -30,6 +32,8 @@ def register(app: typer.Typer) -> None:
         The out-of-fold mAP over all the run's folds and each shipped fold's own held-out
         mAP (with the tuned postprocessing) are scored here and recorded in manifest.json.
         """
+        from dsb.export import ship_run
+
         out, report = ship_run(run_dir, name, weights_dir, folds=parse_folds(folds), full=full, overrides=set_ or (),
                                on_scoring=lambda: console.print("scoring the out-of-fold predictions ..."))
         console.print(f"exported {run_dir} -> [bold]{out}[/]", soft_wrap=True)

@@ -9,8 +9,10 @@ import typer
 
 from cli.common import Tta, console, dsb_command, progress_bar
 from dsb.data.kaggle import open_stage
-from dsb.infer.pipeline import load_ensemble, predict_stage
 from dsb.utils import check_output_dir, check_output_file
+
+# The library's torch-based modules are imported inside the command: `dsb --help` and the
+# light commands start in a fraction of a second instead of the seconds torch takes.
 
 
 def register(app: typer.Typer) -> None:
@@ -31,6 +33,8 @@ def register(app: typer.Typer) -> None:
             "--no-filter", help="Keep every instance even if the run or set has an instance filter (dsb tune).")] = False,
     ) -> None:
         """Predict a folder or zip of images and write a validated Kaggle submission."""
+        from dsb.infer.pipeline import load_ensemble, predict_stage
+
         # Outputs and inputs are checked before any model is loaded or image predicted.
         check_output_file(out, "--out")
         for option, folder in (("--save-probs", save_probs), ("--overlays", overlays)):

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from cli.common import console, dsb_command, progress_bar
-from dsb.report import build_report
+
+# The library's torch-based modules are imported inside the command: `dsb --help` and the
+# light commands start in a fraction of a second instead of the seconds torch takes.
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +38,8 @@ def register(app: typer.Typer) -> None:
 
         A run folder is scored as `dsb evaluate` scores it, a submission as `dsb score` does
         (validated first: exit 1 with every problem listed)."""
+        from dsb.report import build_report
+
         with progress_bar(transient=True) as bar:
             task = bar.add_task("report", total=None)
             result = build_report(source, out, solution=solution, images=images, workers=workers or None,

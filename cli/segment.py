@@ -9,10 +9,10 @@ import typer
 
 from cli.common import Tta, console, dsb_command, progress_bar
 from dsb.data.images import collect_inputs
-from dsb.device import process_group, uses_cuda
-from dsb.segmentation import (DEFAULT_CHECKPOINT, Segmenter, SegmentOptions, gather_results, needs_model,
-                              segment_sources, write_tables)
 from dsb.utils import check_output_dir
+
+# The library's torch-based modules are imported inside the command: `dsb --help` and the
+# light commands start in a fraction of a second instead of the seconds torch takes.
 
 
 def register(app: typer.Typer) -> None:
@@ -56,6 +56,10 @@ def register(app: typer.Typer) -> None:
         (one row per image). Under torchrun each process segments its share of the
         images. An image that cannot be read is reported and skipped (exit code 1 at the end).
         """
+        from dsb.device import process_group, uses_cuda
+        from dsb.segmentation import (DEFAULT_CHECKPOINT, Segmenter, SegmentOptions, gather_results, needs_model,
+                                      segment_sources, write_tables)
+
         opts = SegmentOptions(label_format=fmt, rois=tuple(dict.fromkeys(rois or ())), overlays=overlays,  # type: ignore[arg-type]
                               overwrite=overwrite, channel=channel, normalize=normalize,
                               nucleus_diameter=nucleus_diameter, block_px=block_px)

@@ -13,11 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cli.common import console, dsb_command
 from dsb.config import load_config
 from dsb.data.folds import parse_folds
-from dsb.data.samples import load_samples
 from dsb.errors import ConfigError, DsbError
 from dsb.rundir import RunDir
-from dsb.device import process_group
-from dsb.train import check_run_config, check_run_start, record_run, train_fold
+
+# The library's torch-based modules are imported inside the command: `dsb --help` and the
+# light commands start in a fraction of a second instead of the seconds torch takes.
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -66,6 +66,10 @@ def register(app: typer.Typer) -> None:
         same recipe on every image into RUN_DIR/full/ (for shipping; the folds'
         out-of-fold score estimates it); give it the cross-validation run's folder.
         """
+        from dsb.data.samples import load_samples
+        from dsb.device import process_group
+        from dsb.train import check_run_config, check_run_start, record_run, train_fold
+
         overrides = list(set_ or [])
         if data is not None:
             overrides.append(f"data.path={json.dumps(str(data))}")

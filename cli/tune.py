@@ -9,7 +9,9 @@ import typer
 from rich.table import Table
 
 from cli.common import console, dsb_command, progress_bar
-from dsb.evaluate import tune_run
+
+# The library's torch-based modules are imported inside the command: `dsb --help` and the
+# light commands start in a fraction of a second instead of the seconds torch takes.
 
 
 def register(app: typer.Typer) -> None:
@@ -31,6 +33,8 @@ def register(app: typer.Typer) -> None:
         filter fitted on every out-of-fold image would score itself in-sample): its honest
         gain is the one printed here.
         """
+        from dsb.evaluate import tune_run
+
         console.print(f"searching the postprocessing of {run_dir} on its out-of-fold maps")
         with progress_bar(transient=True) as progress:
             task = progress.add_task("tune", total=None)
