@@ -38,16 +38,23 @@ submission: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The edit-and-rerun loop: everything but the tests marked `slow` (training for epochs,
+# fresh processes, the CLI pipeline, the shipped weights on real images, fuzzing, the browser).
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# Every speed and memory benchmark: each script in benchmarks/ (not _common.py, the helper
+# they share; not benchmarks/research/, whose scripts measure model choices on a training
+# run or shipped set and are run by hand). BENCH_ARGS_<name> passes arguments to one; a
+# benchmark whose data are absent says so and passes. All run; a failure (a missed bound,
+# an error) is listed at the end and fails the target.
+BENCHMARKS := $(sort $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py)))
+BENCH_ARGS_segment_speed ?= --big-px 0
+
 bench: setup
-	$(PY) benchmarks/rle_speed.py
-	$(PY) benchmarks/score_speed.py
-	$(PY) benchmarks/watershed.py
-	$(PY) benchmarks/train_speed.py
-	$(PY) benchmarks/predict_memory.py
-	$(PY) benchmarks/predict_speed.py
+	@failed=""; $(foreach b,$(BENCHMARKS),echo "== $(strip $(b) $(BENCH_ARGS_$(basename $(notdir $(b)))))"; \
+	  $(PY) $(b) $(BENCH_ARGS_$(basename $(notdir $(b)))) || failed="$$failed $(b)";) \
+	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi; echo "all $(words $(BENCHMARKS)) benchmarks ran"
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache .hypothesis

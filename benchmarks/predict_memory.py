@@ -30,17 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from a checkout, installed or not
-RESULTS = REPO / "benchmarks" / "results" / "predict_memory.json"
+from _common import finish, parser, peak_rss_mb, run_worker
+
 LIMIT_MB = 4096
 
 CASES: dict[str, dict] = {
@@ -119,7 +114,7 @@ def run_case(name: str) -> dict:
         rss_after_model_mb=round(rss_model_mb, 1),
         rss_before_predict_mb=round(rss_before_mb, 1),
         peak_rss_mb=round(_status_mb("VmHWM"), 1),
-        ru_maxrss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        ru_maxrss_mb=round(peak_rss_mb(), 1),
         image_mb=round(image.nbytes / 2**20, 1),
         output_mb=round(probs.nbytes / 2**20, 1),
         model=f"dsb.models.build_model(default Config): {cfg.model.encoder} U-Net++, {n_params / 1e6:.1f} M params",
@@ -129,14 +124,8 @@ def run_case(name: str) -> dict:
 
 
 def spawn(name: str, timeout_s: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        return dict(case=name, error=f"timed out after {timeout_s:.0f}s")
-    if proc.returncode != 0:
-        return dict(case=name, error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    row = run_worker([sys.executable, str(Path(__file__).resolve()), "--child", name], timeout_s)
+    return {"case": name, **row} if "error" in row else row
 
 
 def print_table(rows: list[dict]) -> None:
@@ -154,14 +143,13 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="*", default=DEFAULT_CASES, choices=list(CASES))
-    parser.add_argument("--list", action="store_true", help="print all case names and exit")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--max-d4-s", type=float, default=180.0, help="skip 4000x4000 d4 if its estimate exceeds this")
-    parser.add_argument("--timeout-s", type=float, default=900.0, help="per-case time limit")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    p = parser(__doc__, "predict_memory")
+    p.add_argument("--cases", nargs="*", default=DEFAULT_CASES, choices=list(CASES))
+    p.add_argument("--list", action="store_true", help="print all case names and exit")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--max-d4-s", type=float, default=180.0, help="skip 4000x4000 d4 if its estimate exceeds this")
+    p.add_argument("--timeout-s", type=float, default=900.0, help="per-case time limit")
+    args = p.parse_args()
 
     if args.list:
         print(" ".join(CASES))
@@ -220,22 +208,12 @@ def main() -> int:
     result = dict(
         benchmark="predict_memory",
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        machine=dict(
-            platform=platform.platform(),
-            python=platform.python_version(),
-            cpu_count=os.cpu_count(),
-            loadavg_at_end=os.getloadavg(),
-        ),
         limit_mb=LIMIT_MB,
         cases=rows,
         full_4000_estimate=estimate,
     )
-    from dsb.utils import atomic_write
-
-    with atomic_write(args.out) as fh:
-        json.dump(result, fh, indent=2)
-    print(f"wrote {args.out}")
-    return 0 if not over else 1
+    status = finish(result, args.out)
+    return status or (0 if not over else 1)
 
 
 if __name__ == "__main__":

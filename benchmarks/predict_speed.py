@@ -17,32 +17,28 @@ Usage::
 
 Without ``--checkpoint`` it uses the shipped ``weights/`` set if there is one, else an
 untrained CPU-recipe model (its probabilities are noise, so the postprocessing share is
-then not representative: say which was used). Writes benchmarks/results/predict_speed.json.
+then not representative: say which was used). Without the stage-1 test images it says
+so and exits 0. Writes benchmarks/results/predict_speed.json.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dsb.config import load_config  # noqa: E402
-from dsb.data.dataset import prepare_image  # noqa: E402
-from dsb.data.kaggle import open_stage  # noqa: E402
-from dsb.infer.pipeline import predict_stage  # noqa: E402
-from dsb.rundir import WEIGHTS_DIR, resolve_checkpoints  # noqa: E402
-from dsb.infer.predict import Predictor, load_models  # noqa: E402
-from dsb.postprocess import labels_from_probs  # noqa: E402
-from dsb.rle import label_map_to_rows  # noqa: E402
+from _common import REPO, finish, parser, real_data_dir, skip
+from dsb.config import load_config
+from dsb.data.dataset import prepare_image
+from dsb.data.kaggle import open_stage
+from dsb.infer.pipeline import predict_stage
+from dsb.rundir import WEIGHTS_DIR, resolve_checkpoints
+from dsb.infer.predict import Predictor, load_models
+from dsb.postprocess import labels_from_probs
+from dsb.rle import label_map_to_rows
 
 
 def baseline_loop(models, cfg, stage, ids, tta):
@@ -64,17 +60,19 @@ def baseline_loop(models, cfg, stage, ids, tta):
     return {"wall_s": time.perf_counter() - t_start, "model_s": model_s, "postprocess_s": post_s}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("DSB_DATA", str(REPO.parent / "shared" / "dsb2018")))
-    parser.add_argument("--checkpoint", action="append")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
-    parser.add_argument("--tta", nargs="+", default=["none", "d4"])
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "predict_speed.json"))
-    args = parser.parse_args()
+def main() -> int:
+    p = parser(__doc__, "predict_speed")
+    p.add_argument("--data", default=None,
+                   help="stage1_test.zip, or a folder holding it (default: $DSB_DATA or ../shared/dsb2018)")
+    p.add_argument("--checkpoint", action="append")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
+    p.add_argument("--tta", nargs="+", default=["none", "d4"])
+    args = p.parse_args()
 
-    test = Path(args.data)
-    test = test / "stage1_test.zip" if test.is_dir() else test
+    test = real_data_dir(args.data)
+    test = test / "stage1_test.zip" if test is not None and test.is_dir() else test
+    if test is None or not test.exists():
+        skip("predict_speed", f"no stage-1 test images ({test or args.data or '$DSB_DATA, ../shared/dsb2018'})", args.out)
     stage = open_stage(test, labels=None)
     ids = stage.image_ids[: args.limit or None]
     specs = args.checkpoint or ([str(WEIGHTS_DIR / d.name) for d in sorted(WEIGHTS_DIR.iterdir()) if d.is_dir()][:1]
@@ -117,12 +115,9 @@ def main() -> None:
               f"{r['dsb_postprocess_cpu_s_per_image']:>10.3f}{100 * r['dsb_non_model_share_of_wall']:>12.1f}%"
               f"{r['baseline_s_per_image']:>16.3f}{100 * r['baseline_postprocess_share']:>12.1f}%"
               f"{r['speedup_vs_baseline']:>12.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "predict_speed", "model": model_desc, "data": str(test),
-                               "load_avg": os.getloadavg(), "rows": rows}, indent=2))
-    print(f"\nwrote {out}")
+    return finish({"benchmark": "predict_speed", "model": model_desc, "data": str(test),
+                   "load_avg": os.getloadavg(), "rows": rows}, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

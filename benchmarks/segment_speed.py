@@ -13,9 +13,11 @@ Two workloads, each measured in a fresh process (peak RSS is the process's own m
   same model work and the difference is memory.
 
     python benchmarks/segment_speed.py                 # 65 images + 10,000^2 (minutes)
+    python benchmarks/segment_speed.py --big-px 0      # 65 images only (what `make bench` runs)
     python benchmarks/segment_speed.py --quick         # 5 images + 3,000^2
 
-Prints a table and writes ``benchmarks/results/segment_speed.json``.
+Without the stage-1 test images the stage workload is left out (and with ``--big-px 0``
+the script says so and exits 0). Prints a table and writes ``benchmarks/results/segment_speed.json``.
 """
 
 from __future__ import annotations
@@ -23,19 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import finish, parser, peak_rss_mb, real_data_dir, run_worker, skip
 
 
 def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB on Linux
+    return peak_rss_mb() / 1024
 
 
 def _worker(args) -> dict:
@@ -119,27 +118,27 @@ def make_big_image(path: Path, side: int, seed: int = 0) -> None:
     tifffile.imwrite(path, big)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("DSB_DATA", REPO.parent / "shared" / "dsb2018")))
-    parser.add_argument("--checkpoint", default="unetpp_r18_grouped")
-    parser.add_argument("--tta", default="none")
-    parser.add_argument("--n", type=int, default=65, help="stage-1 test images")
-    parser.add_argument("--big-px", type=int, default=10_000, help="side of the large image (0: skip)")
-    parser.add_argument("--quick", action="store_true",
-                        help="5 images and a 3,000 px image (segmented in 2,048 px blocks, to time the block path)")
-    parser.add_argument("--block-px", type=int, default=4096, help="dsb segment --block-px")
-    parser.add_argument("--modes", default="plain,segment", help="which of plain,segment to run")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "segment_speed.json")
+def main() -> int:
+    p = parser(__doc__, "segment_speed")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder holding stage1_test.zip (default: $DSB_DATA or ../shared/dsb2018)")
+    p.add_argument("--checkpoint", default="unetpp_r18_grouped")
+    p.add_argument("--tta", default="none")
+    p.add_argument("--n", type=int, default=65, help="stage-1 test images")
+    p.add_argument("--big-px", type=int, default=10_000, help="side of the large image (0: skip)")
+    p.add_argument("--quick", action="store_true",
+                   help="5 images and a 3,000 px image (segmented in 2,048 px blocks, to time the block path)")
+    p.add_argument("--block-px", type=int, default=4096, help="dsb segment --block-px")
+    p.add_argument("--modes", default="plain,segment", help="which of plain,segment to run")
     # internal: one measurement in this process
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--workload", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", help=argparse.SUPPRESS)
-    parser.add_argument("--input", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--workload", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    args = p.parse_args()
     if args.worker:
         print(json.dumps(_worker(args)))
-        return
+        return 0
     if args.quick:
         args.n, args.big_px = min(args.n, 5), min(args.big_px, 3000) if args.big_px else 0
         args.block_px = min(args.block_px, 2048)
@@ -148,13 +147,14 @@ def main() -> None:
     def run(workload: str, mode: str, input_path: Path) -> dict:
         cmd = [sys.executable, __file__, "--worker", "--workload", workload, "--mode", mode, "--input", str(input_path),
                "--checkpoint", args.checkpoint, "--tta", args.tta, "--n", str(args.n), "--block-px", str(args.block_px)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if proc.returncode != 0:
-            return {"workload": workload, "mode": mode, "error": proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]}
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        row = run_worker(cmd)
+        return {"workload": workload, "mode": mode, **row} if "error" in row else row
 
     rows = []
-    stage = args.data / "stage1_test.zip"
+    data = real_data_dir(args.data)
+    stage = (data or args.data or Path("../shared/dsb2018")) / "stage1_test.zip"
+    if not (stage.is_file() and args.n > 0) and not args.big_px:
+        skip("segment_speed", f"no {stage} and no large image (--big-px 0)", args.out)
     if stage.is_file() and args.n > 0:
         for mode in modes:
             rows.append(run("stage", mode, stage))
@@ -185,13 +185,12 @@ def main() -> None:
         table.add_row(name, r["mode"], str(r["images"]), str(r["nuclei"]), f"{r['seconds']:.1f}",
                       f"{r['images_per_s']:.3f}", f"{r['peak_rss_gb']:.2f}")
     Console().print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"checkpoint": args.checkpoint, "tta": args.tta, "n_stage_images": args.n, "big_px": args.big_px,
-              "block_px": args.block_px,
+    result = {"benchmark": "segment_speed", "checkpoint": args.checkpoint, "tta": args.tta, "n_stage_images": args.n,
+              "big_px": args.big_px, "block_px": args.block_px,
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    status = finish(result, args.out)
+    return status or (1 if any("error" in r for r in rows) else 0)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,23 +35,18 @@ About 2.5 minutes on an idle 2-core machine with native bf16; ``--quick`` (batch
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dsb.models.unetpp import DsbUNetPlusPlus  # noqa: E402
-from dsb.device import cpu_has_native_bf16  # noqa: E402
+from _common import finish, parser
+from dsb.models.unetpp import DsbUNetPlusPlus
+from dsb.device import cpu_has_native_bf16
 
 DEFAULT_DECODER = [256, 128, 64, 32, 16]
 SMALL_DECODER = [128, 64, 32, 16, 16]
@@ -182,31 +177,23 @@ def run_infer(encoder: str, decoder: list[int], batch: int, size: int, rounds: i
     return times
 
 
-def _loadavg() -> Optional[float]:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--quick", action="store_true", help="batch 2, 128 px, 4 or 5 configs")
-    parser.add_argument("--bf16", choices=["auto", "always", "never"], default="auto",
-                        help="time the bf16-autocast configs: auto = only on a CPU with native bf16 "
-                             "(AVX512-BF16/AMX), where train.amp: auto uses it; elsewhere it is emulated and slow")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_speed.json"))
-    args = parser.parse_args()
+def main() -> int:
+    p = parser(__doc__, "train_speed")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="batch 2, 128 px, 4 or 5 configs")
+    p.add_argument("--bf16", choices=["auto", "always", "never"], default="auto",
+                   help="time the bf16-autocast configs: auto = only on a CPU with native bf16 "
+                        "(AVX512-BF16/AMX), where train.amp: auto uses it; elsewhere it is emulated and slow")
+    args = p.parse_args()
     if args.quick:
         args.batch, args.size, args.rounds = 2, 128, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    load_start = _loadavg()
+    load_start = os.getloadavg()[0]
     native_bf16 = cpu_has_native_bf16()
     use_bf16 = args.bf16 == "always" or (args.bf16 == "auto" and native_bf16)
     recipe_name = RECIPE if native_bf16 else RECIPE_FP32  # what train.amp: auto trains as here
@@ -265,18 +252,14 @@ def main() -> None:
         recipe=recipe_name,
         native_bf16=native_bf16,
         loadavg_start=load_start,
-        loadavg_end=_loadavg(),
+        loadavg_end=os.getloadavg()[0],
         train=rows,
         infer=infer_rows,
         wall_s=round(time.perf_counter() - t_start, 1),
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
-    print(f"\nwrote {out} ({result['wall_s']} s)")
+    print(f"\n{result['wall_s']} s")
+    return finish(result, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

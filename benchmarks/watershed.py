@@ -15,32 +15,31 @@ warm-up) and checks that the labels are identical. Numba compile time is exclude
 those runs and reported separately: the first call in a fresh process with an empty
 cache, and in a fresh process that loads the kernel from the cache.
 
+The postprocessing that uses it, ``labels_from_probs`` (ideal body/border/touching maps of
+a synthetic full-size image to labels), is timed too, with a bound of 500 ms (it was a unit
+test's; about 80 ms here): a miss makes the script exit 1.
+
 Usage: ``python benchmarks/watershed.py [--repeats 15] [--out benchmarks/results/watershed.json]``
 Prints a table; writes JSON.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import Timing, bound, finish, fresh_process_seconds, machine, parser, timed
 
 SHAPE = (1040, 1388)
 N_NUCLEI = 300
 SEED = 0
 TARGET_SPEEDUP = 5.0
+#: Ceiling on labels_from_probs for the full-size image (was tests/test_postprocess.py's).
+POSTPROCESS_BOUND_MS = 500.0
 
 
 def make_scene(shape=SHAPE, n_nuclei=N_NUCLEI, seed=SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -113,34 +112,24 @@ def postprocess_ms(repeats: int) -> dict:
     probs = np.stack([ndi.gaussian_filter(p, 0.8) for p in make_targets(truth)]).astype(np.float32)
     channels = ["body", "border", "touching"]
     labels = labels_from_probs(probs, channels, PostprocessConfig())  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        labels_from_probs(probs, channels, PostprocessConfig())
-        times.append(time.perf_counter() - t0)
-    return {"median": statistics.median(times) * 1e3, "min": min(times) * 1e3,
-            "n_nuclei_true": int(truth.max()), "n_nuclei_found": int(labels.max())}
+    timing = timed(lambda: labels_from_probs(probs, channels, PostprocessConfig()), repeats, warmup=0)
+    return {**timing.ms(), "n_nuclei_true": int(truth.max()), "n_nuclei_found": int(labels.max())}
 
 
-def compile_seconds(cache_dir: str) -> float:
-    """First-call time of a float32 watershed in a fresh process using ``cache_dir``."""
-    code = (
-        "import time, numpy as np\n"
-        "from dsb.postprocess import watershed\n"
-        "img = np.random.default_rng(0).random((16, 16)).astype(np.float32)\n"
-        "mk = np.zeros((16, 16), np.int32); mk[2, 2] = 1; mk[12, 12] = 2\n"
-        "t0 = time.perf_counter(); watershed(img, mk); print(time.perf_counter() - t0)\n"
-    )
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+#: First-call time of a float32 watershed in a fresh process (run with a numba cache folder).
+COMPILE_CODE = (
+    "import time, numpy as np\n"
+    "from dsb.postprocess import watershed\n"
+    "img = np.random.default_rng(0).random((16, 16)).astype(np.float32)\n"
+    "mk = np.zeros((16, 16), np.int32); mk[2, 2] = 1; mk[12, 12] = 2\n"
+    "t0 = time.perf_counter(); watershed(img, mk); print(time.perf_counter() - t0)\n"
+)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=15, help="timed calls of each implementation per case")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "watershed.json")
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__, "watershed")
+    p.add_argument("--repeats", type=int, default=15, help="timed calls of each implementation per case")
+    args = p.parse_args(argv)
 
     import numba
     import skimage
@@ -149,12 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
     from skimage.segmentation import watershed as sk_watershed
 
     from dsb.postprocess import watershed
-    from dsb.utils import atomic_write
 
     console = Console(width=max(Console().width, 120))
     with tempfile.TemporaryDirectory() as cache:
-        cold_s = compile_seconds(cache)  # empty cache: compiles and writes it
-        warm_s = compile_seconds(cache)  # same cache, new process: loads it
+        cold_s = fresh_process_seconds(COMPILE_CODE, cache)  # empty cache: compiles and writes it
+        warm_s = fresh_process_seconds(COMPILE_CODE, cache)  # same cache, new process: loads it
 
     intensity, markers = make_scene()
     rows = []
@@ -163,16 +151,15 @@ def main(argv: list[str] | None = None) -> dict:
         ours = watershed(image, mk, mask=mask, connectivity=conn)  # warm-up (compiles if needed)
         ref = sk_watershed(image, mk, mask=mask, connectivity=conn)
         identical = bool(np.array_equal(ours, ref))
-        ours_t, sk_t = [], []
+        ours_t, sk_t = Timing(), Timing()  # alternately, so both see the same machine load
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             watershed(image, mk, mask=mask, connectivity=conn)
-            ours_t.append(time.perf_counter() - t0)
+            ours_t.times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             sk_watershed(image, mk, mask=mask, connectivity=conn)
-            sk_t.append(time.perf_counter() - t0)
-        ours_ms = statistics.median(ours_t) * 1e3
-        sk_ms = statistics.median(sk_t) * 1e3
+            sk_t.times.append(time.perf_counter() - t0)
+        ours_ms, sk_ms = ours_t.median * 1e3, sk_t.median * 1e3
         rows.append({
             "case": case["name"],
             "dtype": str(image.dtype),
@@ -180,8 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
             "n_markers": int(len(np.unique(mk[mask])) - (0 in mk[mask])),
             "n_marker_pixels": int(np.count_nonzero(mk[mask])),
             "mask_pixels": int(mask.sum()),
-            "ours_ms": {"median": ours_ms, "min": min(ours_t) * 1e3},
-            "skimage_ms": {"median": sk_ms, "min": min(sk_t) * 1e3},
+            "ours_ms": ours_t.ms(),
+            "skimage_ms": sk_t.ms(),
             "speedup": sk_ms / ours_ms,
             "identical": identical,
         })
@@ -201,15 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         "labels_from_probs_ms": post,
         "first_call_ms_cold_cache": cold_s * 1e3,
         "first_call_ms_warm_cache": warm_s * 1e3,
-        "machine": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "numba": numba.__version__,
-            "scikit-image": skimage.__version__,
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "load_average_1min": os.getloadavg()[0],
-        },
+        "machine": {**machine(), "numba": numba.__version__, "scikit-image": skimage.__version__},
     }
 
     table = Table(title=f"watershed on {SHAPE[0]}x{SHAPE[1]}, {N_NUCLEI} nuclei (median of {args.repeats})")
@@ -229,12 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if not result["all_identical"]:
         console.print("[red]labels differ from scikit-image[/]")
-
-    with atomic_write(args.out, "w") as fh:
-        json.dump(result, fh, indent=2)
-    console.print(f"wrote {args.out}")
-    return result
+    bounds = [bound(f"labels_from_probs on {SHAPE[0]}x{SHAPE[1]} (median)", post["median"], POSTPROCESS_BOUND_MS)]
+    return finish(result, args.out, bounds)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,7 +6,7 @@ Training keeps each fold's held-out probabilities (``fold<k>/oof/<id>.npy``, see
 
 >>> import numpy as np
 >>> stored = quantise_probs(np.array([0.0, 0.5, 1.0], np.float32))
->>> stored.tolist(), dequantise_probs(stored).round(3).tolist()
+>>> stored.tolist(), [round(float(p), 3) for p in dequantise_probs(stored)]
 ([0, 128, 255], [0.0, 0.502, 1.0])
 """
 

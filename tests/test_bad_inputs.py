@@ -39,14 +39,6 @@ def invoke(*args) -> "CliRunner.invoke":
     return result
 
 
-@pytest.fixture(scope="module")
-def stage(tmp_path_factory):
-    """A 3-image synthetic stage (folder with masks) and its solution CSV."""
-    from dsb.data.synthetic import write_synthetic_dataset
-
-    return write_synthetic_dataset(tmp_path_factory.mktemp("bad_inputs") / "stage", n=3, seed=5)
-
-
 def submission_text(solution_csv: Path, newline: str = "\n", quote: bool = False) -> str:
     frame = pd.read_csv(solution_csv, dtype=str, keep_default_na=False)
     rows = [("ImageId", "EncodedPixels"), *zip(frame["ImageId"], frame["EncodedPixels"])]
@@ -174,8 +166,8 @@ def test_a_utf8_bom_in_a_config_is_fine(tmp_path):
 # --------------------------------------------------------------- defect 3: score validates
 
 
-def test_score_validates_a_file_with_height_width_like_validate(stage, tmp_path):
-    solution = pd.read_csv(stage.solution_csv, dtype=str, keep_default_na=False)
+def test_score_validates_a_file_with_height_width_like_validate(synthetic_stage, tmp_path):
+    solution = pd.read_csv(synthetic_stage.solution_csv, dtype=str, keep_default_na=False)
     first = solution.iloc[0]
     pairs = first["EncodedPixels"].split()
     if len(pairs) < 4:
@@ -192,17 +184,17 @@ def test_score_validates_a_file_with_height_width_like_validate(stage, tmp_path)
     plain = tmp_path / "plain.csv"
     bad[["ImageId", "EncodedPixels"]].to_csv(plain, index=False, lineterminator="\n")
 
-    validated = invoke("validate", plain, "--images", stage.path, "--json")
+    validated = invoke("validate", plain, "--images", synthetic_stage.path, "--json")
     assert validated.exit_code == 1
     for submission in (with_shapes, plain):
-        result = invoke("score", submission, "--solution", stage.solution_csv, "--json")
+        result = invoke("score", submission, "--solution", synthetic_stage.solution_csv, "--json")
         assert result.exit_code == 1, result.stderr  # used to score 1.0 with exit 0
         assert result.stdout == ""
         for text in ("also claimed by line", "unknown ImageId", "pairs not sorted", "not-an-image"):
             assert text in result.stderr
         assert result.stderr.count("\nline ") + result.stderr.startswith("line ") == validated.stdout.count('"line"')
     # The solution itself, Height/Width/Usage and all, still scores 1.0.
-    result = invoke("score", stage.solution_csv, "--solution", stage.solution_csv, "--json")
+    result = invoke("score", synthetic_stage.solution_csv, "--solution", synthetic_stage.solution_csv, "--json")
     assert result.exit_code == 0 and '"map": 1.0' in result.stdout
 
 
@@ -233,10 +225,10 @@ def _corrupt_member(zip_path: Path, member: str, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def damaged(stage, tmp_path_factory):
+def damaged(synthetic_stage, tmp_path_factory):
     root = tmp_path_factory.mktemp("damaged")
-    good = _deflated_zip(stage.path, root / "good.zip")
-    last = sorted(stage.image_ids)[-1]
+    good = _deflated_zip(synthetic_stage.path, root / "good.zip")
+    last = sorted(synthetic_stage.image_ids)[-1]
     member = f"{last}/images/{last}.png"
     corrupt = _corrupt_member(good, member, root / "corrupt.zip")
     truncated = root / "truncated.zip"
@@ -244,10 +236,10 @@ def damaged(stage, tmp_path_factory):
     return corrupt, truncated, member
 
 
-def test_corrupt_zip_data_is_a_clear_error(damaged, stage, tmp_path):
+def test_corrupt_zip_data_is_a_clear_error(damaged, synthetic_stage, tmp_path):
     corrupt, truncated, member = damaged
     submission = tmp_path / "sub.csv"
-    submission.write_text(submission_text(stage.solution_csv))
+    submission.write_text(submission_text(synthetic_stage.solution_csv))
     for args in (("data", "info", corrupt), ("validate", submission, "--images", corrupt),
                  ("predict", "--checkpoint", tmp_path / "no_model.pt", "--input", corrupt, "--out", tmp_path / "o.csv")):
         result = invoke(*args)
@@ -274,7 +266,7 @@ def test_stage_reads_of_a_corrupt_member_raise_data_error(damaged):
 # --------------------------------------------------------------- defect 5: bad --out
 
 
-def test_bad_out_fails_before_any_work(stage, tmp_path):
+def test_bad_out_fails_before_any_work(synthetic_stage, tmp_path):
     """An --out that is a folder, or under a file, is refused first: before the checkpoint
     (here missing on purpose) is even looked at."""
     a_file = tmp_path / "a_file"
@@ -282,10 +274,10 @@ def test_bad_out_fails_before_any_work(stage, tmp_path):
     missing_model = tmp_path / "no_model.pt"
     for out, message in ((tmp_path, "is an existing folder"), (a_file / "sub.csv", "is a file, not a folder"),
                          (a_file / "deeper" / "sub.csv", "is a file, not a folder")):
-        result = invoke("predict", "--checkpoint", missing_model, "--input", stage.path, "--out", out)
+        result = invoke("predict", "--checkpoint", missing_model, "--input", synthetic_stage.path, "--out", out)
         assert result.exit_code == 2 and "--out" in result.stderr and message in result.stderr, result.stderr
         assert "no_model" not in result.stderr
-    result = invoke("predict", "--checkpoint", missing_model, "--input", stage.path, "--out", tmp_path / "o.csv",
+    result = invoke("predict", "--checkpoint", missing_model, "--input", synthetic_stage.path, "--out", tmp_path / "o.csv",
                     "--overlays", a_file)
     assert result.exit_code == 2 and "--overlays" in result.stderr
 
@@ -307,8 +299,8 @@ def test_atomic_write_to_a_bad_place_is_a_clean_error(tmp_path):
 
 
 @pytest.mark.parametrize("form", ["quoted", "crlf", "cr", "bom", "gzip", "zip"])
-def test_validate_and_score_read_what_kaggle_accepts(stage, tmp_path, form):
-    text = submission_text(stage.solution_csv, newline={"crlf": "\r\n", "cr": "\r"}.get(form, "\n"),
+def test_validate_and_score_read_what_kaggle_accepts(synthetic_stage, tmp_path, form):
+    text = submission_text(synthetic_stage.solution_csv, newline={"crlf": "\r\n", "cr": "\r"}.get(form, "\n"),
                            quote=form == "quoted")
     data = text.encode()
     path = tmp_path / "sub.csv"
@@ -324,11 +316,11 @@ def test_validate_and_score_read_what_kaggle_accepts(stage, tmp_path, form):
     path.write_bytes(data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = invoke("validate", path, "--images", stage.path)
+        result = invoke("validate", path, "--images", synthetic_stage.path)
         assert result.exit_code == 0, result.stderr
         bom_warnings = [w for w in caught if issubclass(w.category, SubmissionWarning)]
         assert (len(bom_warnings) == 1 and "byte-order mark" in str(bom_warnings[0].message)) == (form == "bom")
-        result = invoke("score", path, "--solution", stage.solution_csv, "--json")
+        result = invoke("score", path, "--solution", synthetic_stage.solution_csv, "--json")
         assert result.exit_code == 0 and '"map": 1.0' in result.stdout, result.stderr
 
 
@@ -340,12 +332,12 @@ def _png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
-def test_a_corrupt_last_image_fails_up_front_naming_it(stage, tmp_path):
+def test_a_corrupt_last_image_fails_up_front_naming_it(synthetic_stage, tmp_path):
     import shutil
 
     folder = tmp_path / "stage"
-    shutil.copytree(stage.path, folder)
-    last = sorted(stage.image_ids)[-1]
+    shutil.copytree(synthetic_stage.path, folder)
+    last = sorted(synthetic_stage.image_ids)[-1]
     png = folder / last / "images" / f"{last}.png"
     png.write_bytes(png.read_bytes()[:-200])  # the header is intact, the data cut off
     assert open_stage(folder).image_shape(last)  # a header read alone does not see it
@@ -387,14 +379,14 @@ def test_twelve_bit_data_in_a_sixteen_bit_png_uses_its_range(tmp_path):
     assert np.abs(stage.read_image_uint8("t").astype(int) - stage.read_image_uint8("e")).max() <= 1
 
 
-def test_cr_only_labels_csv_is_read(stage, tmp_path):
+def test_cr_only_labels_csv_is_read(synthetic_stage, tmp_path):
     from dsb.data.kaggle import read_rle_csv
 
-    text = stage.solution_csv.read_text()
+    text = synthetic_stage.solution_csv.read_text()
     path = tmp_path / "cr.csv"
     path.write_bytes(text.replace("\n", "\r").encode())
     table = read_rle_csv(path)
-    assert table.image_ids == read_rle_csv(stage.solution_csv).image_ids
+    assert table.image_ids == read_rle_csv(synthetic_stage.solution_csv).image_ids
 
 
 def test_synth_folders_get_normal_permissions(tmp_path):

@@ -1,4 +1,6 @@
-"""The CLI path after training: evaluate, tune, predict (TTA, ensemble, overlays) and demo."""
+"""The CLI path after training: evaluate, tune, predict (TTA, ensemble, overlays) and demo.
+
+Every test that trains (the module's run, the demo) is marked ``slow``."""
 
 from __future__ import annotations
 
@@ -13,15 +15,14 @@ from typer.testing import CliRunner
 from cli.main import app
 from dsb.config import save_config
 from dsb.data.synthetic import write_synthetic_dataset
-from tests.test_train import tiny_cfg
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trained_run(tmp_path_factory, tiny_train_cfg):
     root = tmp_path_factory.mktemp("pipeline")
-    cfg = tiny_cfg(epochs=3, val_every=1, steps_per_epoch=4)
+    cfg = tiny_train_cfg(epochs=3, val_every=1, steps_per_epoch=4)
     save_config(cfg, root / "tiny.yaml")
     res = runner.invoke(app, ["train", "--config", str(root / "tiny.yaml"), "--fold", "0", "--run-dir", str(root / "run")])
     assert res.exit_code == 0, res.output
@@ -29,6 +30,7 @@ def trained_run(tmp_path_factory):
     return root, root / "run", test.path
 
 
+@pytest.mark.slow
 def test_evaluate_json_and_per_image_csv(trained_run):
     _, run, _ = trained_run
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
@@ -42,6 +44,7 @@ def test_evaluate_json_and_per_image_csv(trained_run):
     assert lines[0].startswith("image_id,image_type,fold,score") and len(lines) == 5
 
 
+@pytest.mark.slow
 def test_evaluate_figures_and_error_kinds_per_type(trained_run):
     from PIL import Image
 
@@ -59,13 +62,14 @@ def test_evaluate_figures_and_error_kinds_per_type(trained_run):
         assert sum(v[key] for v in per_type.values()) == report["error_kinds"][key]
 
 
-def test_evaluate_against_other_labels(trained_run, tmp_path):
+@pytest.mark.slow
+def test_evaluate_against_other_labels(trained_run, tmp_path, tiny_train_cfg):
     _, synthetic_run, _ = trained_run
     res = runner.invoke(app, ["evaluate", str(synthetic_run), "--labels", "masks"])
     assert res.exit_code == 2 and "synthetic" in res.output
 
     stage = write_synthetic_dataset(tmp_path / "train", n=8, seed=5)
-    cfg = tiny_cfg(epochs=1, val_every=1, steps_per_epoch=2)
+    cfg = tiny_train_cfg(epochs=1, val_every=1, steps_per_epoch=2)
     save_config(cfg, tmp_path / "tiny.yaml")
     run = tmp_path / "run"
     res = runner.invoke(app, ["train", "--config", str(tmp_path / "tiny.yaml"), "--fold", "0", "--run-dir", str(run),
@@ -98,6 +102,7 @@ def test_pick_examples_takes_quartiles_per_type():
     assert chosen == {"brightfield": ["b0"], "fluorescence": ["f3", "f2", "f4"]}
 
 
+@pytest.mark.slow
 def test_tune_writes_thresholds_that_do_not_lower_the_score(trained_run):
     _, run, _ = trained_run
     before = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)["map"]
@@ -113,6 +118,7 @@ def test_tune_writes_thresholds_that_do_not_lower_the_score(trained_run):
     assert (run / "instance_filter.pkl").is_file() == ("wrote " + str(run / "instance_filter.pkl") in res.output)
 
 
+@pytest.mark.slow
 def test_predict_writes_a_valid_submission_with_probs_and_overlays(trained_run):
     root, run, test = trained_run
     out = root / "subs" / "pred.csv"
@@ -131,6 +137,7 @@ def test_predict_writes_a_valid_submission_with_probs_and_overlays(trained_run):
     assert len(list((root / "overlays").glob("*.png"))) == 5
 
 
+@pytest.mark.slow
 def test_predict_errors_are_clear(trained_run):
     root, run, test = trained_run
     res = runner.invoke(app, ["predict", "--checkpoint", str(root / "nope.pt"), "--input", str(test)])
@@ -151,6 +158,7 @@ def test_predict_errors_are_clear(trained_run):
     assert res.exit_code == 2 and "rescale_area_px" in res.output and out.read_text() == "precious\n"
 
 
+@pytest.mark.slow
 def test_predict_with_rescaling(trained_run):
     from dsb.data.kaggle import open_stage
     from dsb.rundir import load_run_config
@@ -174,6 +182,7 @@ def test_predict_with_rescaling(trained_run):
     assert found and all(summary.scales[i] == 1.5 for i in found)
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     res = runner.invoke(app, [
         "demo", "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "demo.csv"),
@@ -186,6 +195,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert list((tmp_path / "work" / "overlays").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatch):
     import torch
 
@@ -228,6 +238,7 @@ def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatc
     assert res.exit_code == 2 and "only infer.*, postprocess.*" in res.output and not (weights / "t").exists()
 
 
+@pytest.mark.slow
 def test_full_data_model_joins_the_run_and_ships(trained_run, tmp_path):
     import shutil
 
@@ -261,14 +272,15 @@ def test_full_data_model_joins_the_run_and_ships(trained_run, tmp_path):
     assert resolve_checkpoints([str(run)]) == [run / "fold0" / "best.pt"]
 
 
-def test_training_into_a_run_with_another_config_is_refused(trained_run, tmp_path):
+@pytest.mark.slow
+def test_training_into_a_run_with_another_config_is_refused(trained_run, tmp_path, tiny_train_cfg):
     import shutil
 
     root, trained, _ = trained_run
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     before = (run / "run.json").read_text()
-    other = tiny_cfg(epochs=3, val_every=1, steps_per_epoch=5)
+    other = tiny_train_cfg(epochs=3, val_every=1, steps_per_epoch=5)
     save_config(other, tmp_path / "other.yaml")
     res = runner.invoke(app, ["train", "--config", str(tmp_path / "other.yaml"), "--fold", "1", "--run-dir", str(run)])
     assert res.exit_code == 2 and "train.steps_per_epoch: 4 -> 5" in res.output

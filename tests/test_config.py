@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
 
 from dsb.config import Config, config_from_dict, load_config, save_config
 from dsb.errors import ConfigError
 
+REPO = Path(__file__).resolve().parents[1]
 REPO_CONFIGS = ["configs/demo.yaml", "configs/unetpp_cpu.yaml", "configs/unetpp_gpu.yaml"]
 
 
@@ -56,8 +59,6 @@ def test_load_names_the_file_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("name", REPO_CONFIGS)
 def test_shipped_configs_load(name):
-    from tests.conftest import REPO
-
     load_config(REPO / name)
 
 

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from dsb.config import save_config
-from tests.test_train import tiny_cfg
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_and_agree(tmp_path):
-    cfg = tiny_cfg(epochs=2, steps_per_epoch=3, val_every=2, batch_size=4)
+def test_two_cpu_processes_train_and_agree(tmp_path, tiny_train_cfg):
+    cfg = tiny_train_cfg(epochs=2, steps_per_epoch=3, val_every=2, batch_size=4)
     cfg_path = tmp_path / "tiny.yaml"
     save_config(cfg, cfg_path)
     out = tmp_path / "weights"

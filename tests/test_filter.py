@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 
 from dsb.config import PostprocessConfig
 from dsb.errors import CheckpointError
 from dsb.evaluate import OofItem, fit_instance_filter
-from dsb.postprocess import filter as filter_module
 from dsb.postprocess.filter import FEATURES, instance_features, instance_ious, load_filter
 
 POST = PostprocessConfig(seed_threshold=0.5, mask_threshold=0.5, min_seed_area_px=1, min_area_px=1)
-
-
-def test_docstring_examples():
-    assert doctest.testmod(filter_module).failed == 0
 
 
 def _item(rng, index):

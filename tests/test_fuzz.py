@@ -4,6 +4,9 @@ give a traceback, and every verdict is an exit code 0, 1 or 2.
 Mutations are byte-level (insert, delete, overwrite, truncate), line-level (duplicate,
 drop, swap, quote, re-terminate) and container-level (BOM, gzip, zip), applied to a valid
 file; configs also get typed values of every kind at every known key.
+
+Hundreds of CLI runs: the module is ``slow`` (``make test-fast`` relies on the case-by-case
+tests of ``test_bad_inputs.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typer.testing import CliRunner
 from cli.main import app
 from dsb.config import RANGES, Config, load_config
 from dsb.errors import ConfigError
+
+pytestmark = pytest.mark.slow
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -113,27 +118,25 @@ def mutate(data: bytes, edits: list, wrap: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory):
-    from dsb.data.synthetic import write_synthetic_dataset
-
-    return write_synthetic_dataset(tmp_path_factory.mktemp("fuzz") / "stage", n=2, seed=3)
-
-
-@pytest.fixture(scope="module")
-def valid_submission(stage) -> bytes:
-    lines = stage.solution_csv.read_bytes().split(b"\n")
-    rows = [b",".join(line.split(b",")[:2]) for line in lines[1:] if line]
-    # Keep the file short so that mutations hit the header and rows alike.
-    return b"\n".join([b"ImageId,EncodedPixels", *rows[:6], *rows[-2:]]) + b"\n"
+def valid_submission(synthetic_stage) -> bytes:
+    lines = synthetic_stage.solution_csv.read_bytes().split(b"\n")
+    per_image: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        if line:
+            image_id, pixels = line.split(b",")[:2]
+            per_image.setdefault(image_id, []).append(image_id + b"," + pixels)
+    # Keep the file short so that mutations hit the header and rows alike: the first three
+    # nuclei of each image (every image needs a row).
+    return b"\n".join([b"ImageId,EncodedPixels", *(row for rows in per_image.values() for row in rows[:3])]) + b"\n"
 
 
 @FUZZ
 @given(edits=st.lists(st.one_of(byte_edit, line_edit), max_size=4), wrap=container)
-def test_fuzz_submission_validate_and_score(stage, valid_submission, tmp_path_factory, edits, wrap):
+def test_fuzz_submission_validate_and_score(synthetic_stage, valid_submission, tmp_path_factory, edits, wrap):
     path = tmp_path_factory.mktemp("sub") / "sub.csv"
     path.write_bytes(mutate(valid_submission, edits, wrap))
-    validated = invoke("validate", path, "--images", stage.path, "--json")
-    scored = invoke("score", path, "--solution", stage.solution_csv)
+    validated = invoke("validate", path, "--images", synthetic_stage.path, "--json")
+    scored = invoke("score", path, "--solution", synthetic_stage.solution_csv)
     # Both commands judge a readable file the same way: invalid (1) or valid (0). (`score`
     # also reads a file with extra columns, such as a solution's, that `validate` refuses.)
     if validated.exit_code != 2:
@@ -142,13 +145,13 @@ def test_fuzz_submission_validate_and_score(stage, valid_submission, tmp_path_fa
         assert "error:" in validated.stderr or "INVALID" in validated.stderr
 
 
-def test_fuzz_harness_sees_valid_files(stage, valid_submission, tmp_path):
+def test_fuzz_harness_sees_valid_files(synthetic_stage, valid_submission, tmp_path):
     """The unmutated file is valid for both commands (so the fuzz compares real verdicts)."""
     for wrap in ("plain", "bom", "gzip", "zip"):
         path = tmp_path / f"{wrap}.csv"
         path.write_bytes(mutate(valid_submission, [], wrap))
-        assert invoke("validate", path, "--images", stage.path).exit_code == 0
-        assert invoke("score", path, "--solution", stage.solution_csv).exit_code == 0
+        assert invoke("validate", path, "--images", synthetic_stage.path).exit_code == 0
+        assert invoke("score", path, "--solution", synthetic_stage.solution_csv).exit_code == 0
 
 
 # ----------------------------------------------------------------------------- configs

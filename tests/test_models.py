@@ -496,6 +496,7 @@ def test_corrupt_missing_and_foreign_checkpoints(tmp_path):
         load_model(foreign)
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoints(tmp_path):
     cfg = tiny_cfg()
     path = save_checkpoint(tmp_path / "m.pt", build_model(cfg), cfg)
@@ -537,6 +538,7 @@ OLD_LAYOUTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder, depth, decoder, differs", OLD_LAYOUTS)
 def test_checkpoints_of_the_features_only_layout_still_load(tmp_path, encoder, depth, decoder, differs):
     cfg = tiny_cfg(encoder=encoder, encoder_depth=depth, decoder_channels=decoder, fast_depth=depth - 1)

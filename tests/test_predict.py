@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -244,7 +242,8 @@ def test_predict_probs_overrides_config():
 
 @pytest.fixture
 def fake_checkpoints(monkeypatch, tmp_path):
-    """A stand-in for dsb.models.checkpoint: a checkpoint file holds its channel list."""
+    """A stand-in for ``load_model`` where dsb.infer.predict looks it up: a checkpoint
+    file holds its channel list."""
     loaded: list[tuple[Path, str]] = []
 
     def load_model(path, device):
@@ -255,9 +254,7 @@ def fake_checkpoints(monkeypatch, tmp_path):
         loaded.append((Path(path), str(device)))
         return PixelNet(k=len(channels)).to(device), cfg, {"path": str(path)}
 
-    module = types.ModuleType("dsb.models.checkpoint")
-    module.load_model = load_model
-    monkeypatch.setitem(sys.modules, "dsb.models.checkpoint", module)
+    monkeypatch.setattr("dsb.infer.predict.load_model", load_model)
 
     def make(rel: str, channels=("body", "border", "touching")) -> Path:
         path = tmp_path / rel
@@ -301,7 +298,7 @@ def test_load_models_errors(fake_checkpoints):
     (root / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no fold"):
         load_models(root / "empty")
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="missing.pt: no such checkpoint file"):
         load_models(root / "missing.pt")
     with pytest.raises(CheckpointError, match="no checkpoints"):
         load_models([])

@@ -9,7 +9,6 @@ so every fate occurs. `tests/test_report_browser.py` opens the same report in Ch
 
 from __future__ import annotations
 
-import doctest
 import json
 import re
 import shutil
@@ -32,7 +31,6 @@ from dsb.data.targets import make_targets
 from dsb.evaluate import OofItem, error_kinds
 from dsb.metrics import image_score
 from dsb.probmaps import quantise_probs
-from dsb.report import fates as fates_module
 from dsb.report.fates import LOOSE, MATCHED, MERGED, MISSED, SPLIT, SPURIOUS, image_fates
 from dsb.rundir import RunDir
 from dsb.submission import write_submission_from_label_maps
@@ -133,11 +131,6 @@ def built(run_dir, tmp_path_factory):
     assert res.exit_code == 0, res.output
     assert str(out / "index.html") in res.output
     return evaluation, out, json.loads((out / "report.json").read_text())
-
-
-def test_docstring_examples():
-    assert doctest.testmod(fates_module).failed == 0
-    assert doctest.testmod(viz).failed == 0
 
 
 def test_report_numbers_are_those_of_evaluate(built):

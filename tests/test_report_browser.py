@@ -247,6 +247,7 @@ def _column(chrome: Chromium, header: str) -> list:
         " return [...t.tBodies[0].rows].filter(r => !r.hidden).map(r => r.cells[i].dataset.v ?? r.cells[i].textContent); })()")
 
 
+@pytest.mark.slow
 def test_report_in_chromium(browser, report, tmp_path):
     chrome, (out, data) = browser, report
     rows = data["images"]

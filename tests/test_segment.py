@@ -414,6 +414,7 @@ def test_cli_refuses_bad_options(tmp_path, tiny_ckpt):
     assert "Traceback" not in res.output
 
 
+@pytest.mark.slow  # torchrun starts two fresh processes
 def test_two_processes_equal_one(tmp_path, tiny_ckpt):
     data = tmp_path / "data"
     _make_inputs(data)
@@ -442,6 +443,7 @@ def test_two_processes_equal_one(tmp_path, tiny_ckpt):
     pd.testing.assert_frame_equal(s1.drop(columns="seconds"), s2.drop(columns="seconds"))
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_same_instances_as_dsb_predict_on_stage1_test(real_data, tmp_path):
     """dsb segment on three stage-1 test images (a Kaggle stage and plain PNGs) gives the

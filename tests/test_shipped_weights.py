@@ -1,5 +1,8 @@
 """The checkpoint set shipped in weights/: complete, within the size limit, and working
-on real images it never saw (held-out training images and the stage-1 test set)."""
+on real images it never saw (held-out training images and the stage-1 test set).
+
+The tests on real images need ``../shared/dsb2018`` (or ``DSB_DATA``; ``realdata``) and the
+two that predict with the shipped model are ``slow``."""
 
 from __future__ import annotations
 
@@ -60,6 +63,7 @@ def test_data_checksums_match_the_real_data(manifest, real_data):
         assert file_sha256(real_data / Path(path).name) == digest, path
 
 
+@pytest.mark.slow
 def test_shipped_model_segments_held_out_training_images(manifest, real_data, tmp_path):
     """The first eight held-out images (by id); broken or untrained weights score ~0 here."""
     from dsb.data.kaggle import open_stage
@@ -78,6 +82,7 @@ def test_shipped_model_segments_held_out_training_images(manifest, real_data, tm
     assert score.map > 0.45, score.map  # measured 0.580 (0.595 in the run's out-of-fold maps, tuned postprocessing)
 
 
+@pytest.mark.slow
 def test_shipped_model_predicts_stage1_test_images(real_data, tmp_path):
     from dsb.data.kaggle import open_stage
     from dsb.infer.pipeline import predict_stage

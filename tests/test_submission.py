@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 import zipfile
 
 import numpy as np
@@ -543,8 +542,5 @@ def test_thirty_thousand_rows_validate_in_about_a_second(tmp_path):
             starts = (np.arange(col0, col0 + 15) * shape[0] + row0 + 1).tolist()
             lines.append(image_id + "," + " ".join(f"{s} 12" for s in starts))
     path = write(tmp_path, "\n".join(lines) + "\n")
-    t0 = time.perf_counter()
-    problems = check_submission(path, shapes)
-    elapsed = time.perf_counter() - t0
+    problems = check_submission(path, shapes)  # its speed: benchmarks/validate_speed.py
     assert problems == []
-    assert elapsed < 3.0, f"validating 30,000 rows took {elapsed:.2f} s"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -136,8 +134,10 @@ def test_bad_label_maps_raise_value_error(bad):
         make_targets(bad, ALL)
 
 
-def test_full_size_image_is_fast():
-    """1040x1388 with 300 nuclei: ~25 ms here; the bound only catches a per-nucleus loop."""
+def test_full_size_image():
+    """1040x1388 with 300 nuclei, the largest DSB2018 size, some touching. Its speed (tens
+    of ms, against seconds for a per-nucleus loop) is timed, with a 500 ms bound, by
+    ``benchmarks/targets_speed.py``."""
     rng = np.random.default_rng(0)
     lab = np.zeros((1040, 1388), np.int32)
     yy, xx = np.mgrid[-12:13, -12:13]
@@ -145,12 +145,7 @@ def test_full_size_image_is_fast():
     for k in range(1, 301):
         r, c = rng.integers(0, 1040 - 25), rng.integers(0, 1388 - 25)
         lab[r : r + 25, c : c + 25][disk] = k
-    make_targets(lab, ALL)
-    best = min(_timed(lambda: make_targets(lab, ALL)) for _ in range(3))
-    assert best < 0.5, f"make_targets took {best * 1e3:.0f} ms"
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    t = make_targets(lab, ALL)
+    assert t.shape == (3, 1040, 1388) and t.dtype == np.float32
+    np.testing.assert_array_equal(t[0], lab > 0)
+    assert t[1].any() and t[2].any()  # every nucleus's contour; touching where disks meet

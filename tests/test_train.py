@@ -1,5 +1,8 @@
 """Training: a short run learns (validation mAP far above an untrained model), the
-data order is a pure function of (seed, epoch, index), and a killed run resumes."""
+data order is a pure function of (seed, epoch, index), and a killed run resumes.
+
+The configs come from the ``tiny_train_cfg`` factory of ``conftest.py``; the tests that
+train for epochs, in fresh processes or not, are marked ``slow``."""
 
 from __future__ import annotations
 
@@ -15,39 +18,21 @@ import numpy as np
 import pytest
 import torch
 
-from dsb.config import config_from_dict, save_config
+from dsb.config import save_config
 from dsb.errors import ConfigError
 from dsb.data.dataset import EpochDataset
 from dsb.data.samples import load_samples
 from dsb.device import amp_dtype, autocast
 from dsb.train import SegLoss, check_run_config, evaluate_samples, seed_everything, train_fold, update_ema
 
-TINY = {
-    "name": "tiny",
-    "data": {"path": "synthetic", "synthetic_n": 16, "synthetic_seed": 0},
-    "folds": {"n_folds": 4, "seed": 0},
-    "model": {"encoder": "resnet10t", "decoder_channels": [32, 16, 16, 8, 8]},
-    "augment": {"crop_px": 96},
-    "train": {"epochs": 30, "batch_size": 8, "steps_per_epoch": 8, "lr": 0.003, "val_every": 5,
-              "amp": "auto", "warmup_epochs": 1},
-    "infer": {"tta": "none"},
-}
-
-
-def tiny_cfg(**train):
-    data = json.loads(json.dumps(TINY))
-    data["train"].update(train)
-    return config_from_dict(data)
-
-
 @pytest.fixture(scope="module")
-def samples():
-    cfg = tiny_cfg()
+def samples(tiny_train_cfg):
+    cfg = tiny_train_cfg()
     return load_samples(cfg.data, cfg.augment.invert_brightfield)
 
 
-def test_epoch_dataset_is_a_pure_function_of_seed_epoch_index(samples):
-    cfg = tiny_cfg()
+def test_epoch_dataset_is_a_pure_function_of_seed_epoch_index(samples, tiny_train_cfg):
+    cfg = tiny_train_cfg()
     a = EpochDataset(samples, cfg.augment, cfg.targets, length=6, seed=1)
     b = EpochDataset(samples, cfg.augment, cfg.targets, length=6, seed=1)
     a.set_epoch(3)
@@ -76,24 +61,23 @@ def test_loss_is_lower_for_right_answers():
 AUTO_PRECISION = "bf16" if amp_dtype("auto", torch.device("cpu"), training=True) == torch.bfloat16 else "fp32"
 
 
-def learning_cfg(**train):
-    """A small but real recipe (the demo's model and crops, 24 synthetic images so 6 are
-    held out): it reaches a validation mAP of about 0.47 in fp32 and in bf16, on CPUs with
-    AVX512 and AVX2 kernels alike."""
-    data = json.loads(json.dumps(TINY))
-    data["data"]["synthetic_n"] = 24
-    data["model"]["decoder_channels"] = [64, 32, 16, 16, 16]
-    data["augment"]["crop_px"] = 128
-    data["loss"] = {"channel_weights": [1.0, 0.5, 0.5]}
-    data["train"].update(epochs=24, steps_per_epoch=8, val_every=4, **train)
-    return config_from_dict(data)
+#: A small but real recipe (the demo's model and crops, 24 synthetic images so 6 are held
+#: out): it reaches a validation mAP of about 0.47 in fp32 and in bf16, on CPUs with AVX512
+#: and AVX2 kernels alike. The tiny config with these sections and 24 epochs of 8 steps.
+LEARNING = {
+    "data": {"synthetic_n": 24},
+    "model": {"decoder_channels": [64, 32, 16, 16, 16]},
+    "augment": {"crop_px": 128},
+    "loss": {"channel_weights": [1.0, 0.5, 0.5]},
+}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", [AUTO_PRECISION])
-def test_short_training_beats_an_untrained_model(precision, tmp_path):
+def test_short_training_beats_an_untrained_model(precision, tmp_path, tiny_train_cfg):
     from dsb.models import build_model
 
-    cfg = learning_cfg()
+    cfg = tiny_train_cfg(sections=LEARNING, epochs=24, steps_per_epoch=8, val_every=4)
     assert amp_dtype(cfg.train.amp, torch.device("cpu"), training=True) == (torch.bfloat16 if precision == "bf16" else None)
     samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
     result = train_fold(cfg, tmp_path / "run", 0, samples)
@@ -117,13 +101,14 @@ def test_short_training_beats_an_untrained_model(precision, tmp_path):
 PRECISIONS = {"fp32": "off", "bf16": "bf16"}
 
 
+@pytest.mark.slow  # 30 optimiser steps in each precision
 @pytest.mark.parametrize("precision", list(PRECISIONS))
-def test_training_step_fits_a_batch_in_each_precision(precision, samples):
+def test_training_step_fits_a_batch_in_each_precision(precision, samples, tiny_train_cfg):
     """The training step of `train_fold` (autocast as train.amp says, the loss in fp32,
     AdamW, gradient clipping) fits a fixed batch in fp32 and in bf16 on any CPU."""
     from dsb.models import build_model
 
-    cfg = tiny_cfg(amp=PRECISIONS[precision])
+    cfg = tiny_train_cfg(amp=PRECISIONS[precision])
     dtype = amp_dtype(cfg.train.amp, torch.device("cpu"), training=True)
     assert dtype == (torch.bfloat16 if precision == "bf16" else None)
     data = EpochDataset(samples, dataclasses.replace(cfg.augment, crop_px=64), cfg.targets, length=4, seed=0)
@@ -157,10 +142,11 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
-def test_killed_training_resumes_with_the_same_data(tmp_path):
+@pytest.mark.slow
+def test_killed_training_resumes_with_the_same_data(tmp_path, tiny_train_cfg):
     """Kill `dsb train` mid-epoch; --resume loses at most that epoch and ends with the
     same weights as an uninterrupted run."""
-    cfg = tiny_cfg(epochs=4, val_every=2, steps_per_epoch=4, amp="off")
+    cfg = tiny_train_cfg(epochs=4, val_every=2, steps_per_epoch=4, amp="off")
     cfg_path = tmp_path / "tiny.yaml"
     save_config(cfg, cfg_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -213,24 +199,23 @@ def test_train_cli_errors(tmp_path):
     assert res.exit_code == 2 and "not a run folder" in res.output
 
 
-def test_validation_leaves_a_training_model_in_training_mode(samples):
+def test_validation_leaves_a_training_model_in_training_mode(samples, tiny_train_cfg):
     from dsb.models import build_model
 
-    cfg = tiny_cfg()
+    cfg = tiny_train_cfg()
     model = build_model(cfg).train()
     evaluate_samples(model, samples[:1], cfg, torch.device("cpu"))
     assert model.training and all(m.training for m in model.modules())
 
 
-def test_a_run_folder_holds_one_config(tmp_path):
-
-    cfg = tiny_cfg()
+def test_a_run_folder_holds_one_config(tmp_path, tiny_train_cfg):
+    cfg = tiny_train_cfg()
     check_run_config(cfg, tmp_path)  # no run yet
     save_config(cfg, tmp_path / "config.yaml")
     check_run_config(cfg, tmp_path)
-    check_run_config(tiny_cfg(num_workers=2, device="cpu"), tmp_path)  # how it runs, not what it computes
+    check_run_config(tiny_train_cfg(num_workers=2, device="cpu"), tmp_path)  # how it runs, not what it computes
     with pytest.raises(ConfigError, match=r"train.lr: 0.003 -> 0.02"):
-        check_run_config(tiny_cfg(lr=0.02), tmp_path)
+        check_run_config(tiny_train_cfg(lr=0.02), tmp_path)
 
 
 def _params(path):
@@ -238,16 +223,17 @@ def _params(path):
     return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
 
 
-def test_warm_restart_starts_from_the_same_folds_models(tmp_path, samples):
+@pytest.mark.slow  # three short trainings
+def test_warm_restart_starts_from_the_same_folds_models(tmp_path, samples, tiny_train_cfg):
     """train.init_from: fold k starts from fold k's last weights of the first run, whose
     folds it copies; other folds or another architecture are refused."""
     from dsb.errors import CheckpointError
 
     first = tmp_path / "first"
-    train_fold(tiny_cfg(epochs=2, steps_per_epoch=2, val_every=2), first, 1, samples)
+    train_fold(tiny_train_cfg(epochs=2, steps_per_epoch=2, val_every=2), first, 1, samples)
     # lr 0 and a constant schedule: the restarted weights must stay exactly the init's.
     # Another folds.seed: the folds must come from the first run, not from the config.
-    frozen = tiny_cfg(epochs=1, steps_per_epoch=2, val_every=1, lr=0.0, schedule="constant",
+    frozen = tiny_train_cfg(epochs=1, steps_per_epoch=2, val_every=1, lr=0.0, schedule="constant",
                       warmup_epochs=0, seed=3, init_from=str(first))
     frozen = dataclasses.replace(frozen, folds=dataclasses.replace(frozen.folds, seed=7))
     second = tmp_path / "second"
@@ -256,7 +242,7 @@ def test_warm_restart_starts_from_the_same_folds_models(tmp_path, samples):
     init, after = _params(first / "fold1" / "last.pt"), _params(second / "fold1" / "last.pt")
     assert all(torch.equal(init[k], after[k]) for k in init)
     scratch = tmp_path / "scratch"
-    train_fold(tiny_cfg(epochs=1, steps_per_epoch=2, val_every=1, lr=0.0, schedule="constant",
+    train_fold(tiny_train_cfg(epochs=1, steps_per_epoch=2, val_every=1, lr=0.0, schedule="constant",
                         warmup_epochs=0, seed=3), scratch, 1, samples)
     fresh = _params(scratch / "fold1" / "last.pt")
     assert not all(torch.equal(init[k], fresh[k]) for k in init)
@@ -276,19 +262,18 @@ def test_warm_restart_starts_from_the_same_folds_models(tmp_path, samples):
         train_fold(frozen, other, 1, samples)
     with pytest.raises(CheckpointError, match="last.pt: checkpoint file not found"):
         train_fold(frozen, tmp_path / "fold2", 2, samples)  # fold 2 of the first run was never trained
-    wider = json.loads(json.dumps(TINY))
-    wider["model"]["decoder_channels"] = [64, 32, 16, 8, 8]
-    wider["train"].update(init_from=str(first), epochs=1, steps_per_epoch=1)
+    wider = tiny_train_cfg(sections={"model": {"decoder_channels": [64, 32, 16, 8, 8]}},
+                           init_from=str(first), epochs=1, steps_per_epoch=1)
     with pytest.raises(CheckpointError, match="does not fit this config's model"):
-        train_fold(config_from_dict(wider), tmp_path / "wider", 1, samples)
+        train_fold(wider, tmp_path / "wider", 1, samples)
 
 
-def test_ema_model_keeps_the_live_batchnorm_statistics():
+def test_ema_model_keeps_the_live_batchnorm_statistics(tiny_train_cfg):
     """An EMA of a model trained from scratch must predict with the current BatchNorm
     statistics, not the initial ones (AveragedModel averages parameters only)."""
     from dsb.models import build_model
 
-    cfg = tiny_cfg()
+    cfg = tiny_train_cfg()
     model = build_model(cfg).train()
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
     with torch.no_grad():

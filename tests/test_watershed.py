@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from skimage.segmentation import watershed as sk_watershed
 
 from dsb.postprocess import _kernels, watershed
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -19,13 +19,15 @@ The grouping is deterministic and uses only the images:
 
 Groups are named ``<type>-<height>x<width>-<k>`` with ``k`` counted from 0 in order of each
 cluster's smallest image id, so the names do not depend on the clustering's label order.
+Five toy images of noise, three dark and two bright (standardised over five images only,
+their features lie further apart than a real dataset's, hence a wider threshold):
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> dark = [rng.integers(0, 40, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
 >>> bright = [rng.integers(200, 255, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
 >>> ids = ["a", "b", "c", "d", "e"]
->>> groups = assign_groups(ids, dark + bright, ["fluorescence"] * 5)
+>>> groups = assign_groups(ids, dark + bright, ["fluorescence"] * 5, threshold=6.0)
 >>> groups["a"] == groups["b"] == groups["c"], groups["d"] == groups["e"], groups["a"] == groups["d"]
 (True, True, False)
 """

@@ -17,7 +17,7 @@ image re-predicted while the scale still moves by more than that. Off when
 On the out-of-fold images the per-image best scale is far from constant (upscaling 2x
 lifts images whose nuclei are under 200 px and hurts those over 800 px), which is why the
 scale is chosen per image rather than as a fixed multi-scale TTA; see
-``benchmarks/tta_gain.py --rescale-area`` for the measured gain.
+``benchmarks/research/tta_gain.py --rescale-area`` for the measured gain.
 
 >>> import numpy as np
 >>> labels = np.zeros((64, 64), np.int32)

@@ -1,4 +1,4 @@
-"""Where the quality benchmarks get their held-out images: fold models and the images each
+"""Where the research scripts get their held-out images: fold models and the images each
 never trained on, from a training run or from a shipped checkpoint set.
 
 SOURCE is a run folder (``folds.csv``, ``fold<k>/best.pt``, the run's tuned
@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+
+from _common import REPO  # noqa: E402  (also puts the repository on sys.path)
 
 from dsb.config import Config  # noqa: E402
 from dsb.data.folds import load_folds  # noqa: E402

@@ -1,7 +1,7 @@
 """How well size-adaptive rescaling picks each image's scale, and what the rules that were
 tried instead of it give, on real held-out images.
 
-Every held-out image of the chosen folds (``benchmarks/heldout.py``: a run folder or a
+Every held-out image of the chosen folds (``benchmarks/research/heldout.py``: a run folder or a
 shipped set) is predicted once at each scale of a grid (no TTA; probabilities resized back
 to the image's grid, as :mod:`dsb.infer.rescale` does; kept as uint8 like the out-of-fold
 maps, so ``fixed 1`` can differ from ``tta_gain.py``'s scale-1 figure in the fourth decimal)
@@ -22,7 +22,7 @@ and postprocessed with the source's settings. From those label maps, without pre
 
 Usage::
 
-    python benchmarks/scale_choice.py SOURCE [--folds 0] [--data DIR]
+    python benchmarks/research/scale_choice.py SOURCE [--folds 0] [--data DIR]
         [--scales 0.5 0.75 1 1.5 2] [--targets 400 600 800] [--min-scale 1] [--max-scale 2]
         [--limit N] [--cache DIR]
 
@@ -33,9 +33,7 @@ table; writes benchmarks/results/scale_choice.json.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import sys
 import tempfile
@@ -44,8 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+
+from _common import finish, parser  # noqa: E402  (also puts the repository on sys.path)
 
 from dsb.data.dataset import prepare_image  # noqa: E402
 from dsb.infer.predict import Predictor  # noqa: E402
@@ -54,28 +53,27 @@ from dsb.metrics import DatasetScore, image_score  # noqa: E402
 from dsb.models.checkpoint import load_model  # noqa: E402
 from dsb.postprocess import labels_from_probs  # noqa: E402
 from dsb.probmaps import dequantise_probs, quantise_probs  # noqa: E402
-from heldout import held_out_folds  # noqa: E402  (benchmarks/heldout.py)
+from heldout import held_out_folds  # noqa: E402  (benchmarks/research/heldout.py)
 
 
 def nearest(scale: float, grid: list[float]) -> float:
     return min(grid, key=lambda s: abs(math.log(s) - math.log(scale)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="a run folder, or a shipped set (name under weights/ or folder)")
-    parser.add_argument("--folds", default="0", help="comma-separated folds, or 'all'")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="shipped set only: folder holding the training zip and labels CSV it was trained on")
-    parser.add_argument("--scales", nargs="+", type=float, default=[0.5, 0.75, 1.0, 1.5, 2.0])
-    parser.add_argument("--targets", nargs="+", type=float, default=[400.0, 600.0, 800.0],
-                        help="median nucleus areas (px) for the rule")
-    parser.add_argument("--min-scale", type=float, default=1.0, help="the rule's lower clip (infer.rescale_min)")
-    parser.add_argument("--max-scale", type=float, default=2.0, help="the rule's upper clip (infer.rescale_max)")
-    parser.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
-    parser.add_argument("--cache", type=Path, default=None, help="keep the per-scale probabilities here (one folder per source: files are keyed by fold, image, scale)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale_choice.json")
-    args = parser.parse_args()
+def main() -> int:
+    p = parser(__doc__, "scale_choice")
+    p.add_argument("source", help="a run folder, or a shipped set (name under weights/ or folder)")
+    p.add_argument("--folds", default="0", help="comma-separated folds, or 'all'")
+    p.add_argument("--data", type=Path, default=None,
+                   help="shipped set only: folder holding the training zip and labels CSV it was trained on")
+    p.add_argument("--scales", nargs="+", type=float, default=[0.5, 0.75, 1.0, 1.5, 2.0])
+    p.add_argument("--targets", nargs="+", type=float, default=[400.0, 600.0, 800.0],
+                   help="median nucleus areas (px) for the rule")
+    p.add_argument("--min-scale", type=float, default=1.0, help="the rule's lower clip (infer.rescale_min)")
+    p.add_argument("--max-scale", type=float, default=2.0, help="the rule's upper clip (infer.rescale_max)")
+    p.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
+    p.add_argument("--cache", type=Path, default=None, help="keep the per-scale probabilities here (one folder per source: files are keyed by fold, image, scale)")
+    args = p.parse_args()
     grid = sorted(set(args.scales) | {1.0})
 
     cfg, stage, entries = held_out_folds(args.source, args.folds, args.data)
@@ -151,14 +149,13 @@ def main() -> None:
     for r in rows:
         print(f"{r['rule']:>22} {r['map']:7.4f} {r['map'] - base:+7.4f}  "
               + "  ".join(f"{r['per_type'][t]:13.4f}" for t in type_names))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"source": str(args.source), "folds": [e.fold for e in entries],
-                                    "n_images": len(ids_all), "scales": grid, "min_scale": args.min_scale,
-                                    "max_scale": args.max_scale, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    status = finish({"benchmark": "scale_choice", "source": str(args.source), "folds": [e.fold for e in entries],
+                     "n_images": len(ids_all), "scales": grid, "min_scale": args.min_scale,
+                     "max_scale": args.max_scale, "rows": rows}, args.out)
     if tmp is not None:
         tmp.cleanup()
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

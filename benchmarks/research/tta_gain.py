@@ -7,13 +7,13 @@ without rescaling: what training validation and the out-of-fold maps use). A set
 TTA mode and an ``infer.rescale_area_px`` (0: off; see :mod:`dsb.infer.rescale`). The mAP
 is the competition metric against the run's labels, over all the chosen folds' images.
 
-SOURCE is a run folder or a shipped checkpoint set (``benchmarks/heldout.py``): with a
+SOURCE is a run folder or a shipped checkpoint set (``benchmarks/research/heldout.py``): with a
 shipped set, each fold model predicts the held-out ids its manifest lists, so the set's
 figures can be re-measured without the run folder it came from.
 
 Usage::
 
-    python benchmarks/tta_gain.py SOURCE [--folds 0,1,2,3] [--tta none flips d4]
+    python benchmarks/research/tta_gain.py SOURCE [--folds 0,1,2,3] [--tta none flips d4]
         [--rescale-area 0 700] [--rescale-max 2.0] [--limit N] [--data DIR]
 
 Writes benchmarks/results/tta_gain.json.
@@ -21,16 +21,15 @@ Writes benchmarks/results/tta_gain.json.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+
+from _common import finish, parser  # noqa: E402  (also puts the repository on sys.path)
 
 import pandas as pd  # noqa: E402
 
@@ -39,25 +38,24 @@ from dsb.infer.pipeline import predict_stage  # noqa: E402
 from dsb.metrics import DatasetScore, image_score  # noqa: E402
 from dsb.rundir import RunDir  # noqa: E402
 from dsb.models.checkpoint import load_model  # noqa: E402
-from heldout import held_out_folds  # noqa: E402  (benchmarks/heldout.py)
+from heldout import held_out_folds  # noqa: E402  (benchmarks/research/heldout.py)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="a run folder, or a shipped set (name under weights/ or folder)")
-    parser.add_argument("--folds", default="0", help="comma-separated folds, or 'all'")
-    parser.add_argument("--tta", nargs="+", default=["none", "flips", "d4"])
-    parser.add_argument("--rescale-area", nargs="+", type=float, default=[0.0],
-                        help="infer.rescale_area_px values to compare (0: off)")
-    parser.add_argument("--rescale-max", type=float, default=None, help="infer.rescale_max (default: the run's)")
-    parser.add_argument("--rescale-min", type=float, default=None, help="infer.rescale_min (default: the run's)")
-    parser.add_argument("--rescale-passes", nargs="+", type=int, default=[0],
-                        help="infer.rescale_passes values to compare (0: the run's)")
-    parser.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="shipped set only: folder holding the training zip and labels CSV it was trained on")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tta_gain.json")
-    args = parser.parse_args()
+def main() -> int:
+    p = parser(__doc__, "tta_gain")
+    p.add_argument("source", help="a run folder, or a shipped set (name under weights/ or folder)")
+    p.add_argument("--folds", default="0", help="comma-separated folds, or 'all'")
+    p.add_argument("--tta", nargs="+", default=["none", "flips", "d4"])
+    p.add_argument("--rescale-area", nargs="+", type=float, default=[0.0],
+                   help="infer.rescale_area_px values to compare (0: off)")
+    p.add_argument("--rescale-max", type=float, default=None, help="infer.rescale_max (default: the run's)")
+    p.add_argument("--rescale-min", type=float, default=None, help="infer.rescale_min (default: the run's)")
+    p.add_argument("--rescale-passes", nargs="+", type=int, default=[0],
+                   help="infer.rescale_passes values to compare (0: the run's)")
+    p.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
+    p.add_argument("--data", type=Path, default=None,
+                   help="shipped set only: folder holding the training zip and labels CSV it was trained on")
+    args = p.parse_args()
 
     cfg, stage, entries = held_out_folds(args.source, args.folds, args.data)
     settings = list(itertools.product(args.tta, args.rescale_area, args.rescale_passes))
@@ -114,10 +112,8 @@ def main() -> None:
         print(f"{r['setting']:>22} {r['map']:7.4f} {lo:7.4f}-{hi:.4f} {r['map'] - base['map']:+7.4f} {r['s_per_image']:6.2f} "
               f"{r['s_per_image'] / base['s_per_image']:7.2f} {r['rescaled_images']:8d}  "
               + "  ".join(f"{r['per_type'][t]:13.4f}" for t in type_names))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"run": str(args.source), "folds": fold_list, "n_images": n_images,
-                                    "baseline": base["setting"], "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    return finish({"benchmark": "tta_gain", "run": str(args.source), "folds": fold_list, "n_images": n_images,
+                   "baseline": base["setting"], "rows": rows}, args.out)
 
 
 def experiment_groups(source: str) -> dict[str, str]:
@@ -131,4 +127,4 @@ def experiment_groups(source: str) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
