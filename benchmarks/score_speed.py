@@ -14,27 +14,20 @@ CSVs. Then:
   is measured on those images, and the naive time for all 65 is extrapolated from its
   cost per (pair x pixel). Both must give identical image scores.
 
-Usage: ``python benchmarks/score_speed.py [--repeats 5] [--naive-budget-s 20]``
-Prints a table; writes JSON to benchmarks/results/score_speed.json.
+Usage: ``python benchmarks/score_speed.py [--repeats 5] [--naive-budget-s 20] [--out benchmarks/results/score_speed.json]``
+Prints a table; writes JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import finish, parser, timed
 
 #: Sizes (H, W) of the 65 stage-1 test images, with counts.
 STAGE1_TEST_SIZES = (
@@ -103,12 +96,11 @@ def naive_image_score(true: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(precisions))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--naive-budget-s", type=float, default=20.0)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "score_speed.json")
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__, "score_speed")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls of score_submission")
+    p.add_argument("--naive-budget-s", type=float, default=20.0, help="seconds of the naive loop to measure")
+    args = p.parse_args(argv)
 
     from rich.console import Console
     from rich.table import Table
@@ -116,7 +108,6 @@ def main(argv: list[str] | None = None) -> dict:
     from dsb.metrics import image_score
     from dsb.rle import label_map_to_rows
     from dsb.submission import score_submission, write_submission_from_label_maps
-    from dsb.utils import atomic_write
 
     console = Console()
     rng = np.random.default_rng(SEED)
@@ -137,12 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
             Path(tmp) / "submission.csv", preds.items(), {i: t.shape for i, t in truths.items()}
         )
         n_rows = sum(1 for _ in open(submission)) - 1
-        score_submission(submission, solution)  # warm-up (imports, numba)
-        end_to_end = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            result = score_submission(submission, solution)
-            end_to_end.append(time.perf_counter() - t0)
+        result = score_submission(submission, solution)  # warm-up (imports, numba)
+        end_to_end = timed(lambda: score_submission(submission, solution), args.repeats, warmup=0)
 
     # The metric alone vs the naive per-pair loop, on the same images.
     # The naive loop runs on the cheapest images first (cost ~ pairs x pixels) until the
@@ -170,14 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
     naive_per_pair_pixel = naive_s / sum(pair_pixels[i] for i in naive_ids)
     naive_all_s = naive_per_pair_pixel * sum(pair_pixels.values())
 
-    e2e_s = statistics.median(end_to_end)
+    e2e_s = end_to_end.median
     out = {
         "benchmark": "score_speed",
         "n_images": result.n_images,
         "n_true": int(sum(int(t.max()) for t in truths.values())),
         "n_submission_rows": n_rows,
         "map": result.map,
-        "score_submission_s": {"median": e2e_s, "min": min(end_to_end), "repeats": args.repeats},
+        "score_submission_s": {"median": e2e_s, "min": end_to_end.min, "repeats": args.repeats},
         "metric_only_s_all_images": sum(metric_times.values()),
         "naive": {
             "images_run": len(naive_ids),
@@ -191,8 +178,6 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "target_s": TARGET_S,
         "meets_target": e2e_s < TARGET_S,
-        "machine": {"python": platform.python_version(), "numpy": np.__version__,
-                    "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
     }
 
     table = Table(title=f"scoring {result.n_images} images ({n_rows} submission rows, {out['n_true']} true nuclei)")
@@ -210,11 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     verdict = "[green]meets[/]" if out["meets_target"] else "[red]misses[/]"
     console.print(f"target < {TARGET_S:.0f} s end to end: {verdict} ({e2e_s:.3f} s); mAP of the perturbed "
                   f"prediction {result.map:.4f}; naive and vectorised scores identical")
-    with atomic_write(args.out, "w") as fh:
-        json.dump(out, fh, indent=2)
-    console.print(f"wrote {args.out}")
-    return out
+    return finish(out, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,9 +2,10 @@
 and `dsb score`'s, every image is in it, bad inputs are clean errors, and the nucleus fates
 agree with `dsb.evaluate.error_kinds`.
 
-The run is synthetic and made without training: out-of-fold probability maps are the
-targets of perturbed true label maps (nuclei dropped, merged, cut in two, grown, added),
-so every fate occurs. `tests/test_report_browser.py` opens the same report in Chromium.
+The run is synthetic and made without training (the ``synthetic_run`` fixture of
+``conftest.py``): out-of-fold probability maps are the targets of perturbed true label maps
+(nuclei dropped, merged, cut in two, grown, added), so every fate occurs.
+`tests/test_report_browser.py` opens the report of the same run in Chromium.
 """
 
 from __future__ import annotations
@@ -23,101 +24,21 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from dsb import viz
-from dsb.config import config_from_dict, save_config
 from dsb.data.folds import make_folds, save_folds
 from dsb.data.kaggle import DataWarning
-from dsb.data.synthetic import iter_samples, sample_kind, write_synthetic_dataset
-from dsb.data.targets import make_targets
+from dsb.data.synthetic import iter_samples, write_synthetic_dataset
 from dsb.evaluate import OofItem, error_kinds
 from dsb.metrics import image_score
-from dsb.probmaps import quantise_probs
 from dsb.report.fates import LOOSE, MATCHED, MERGED, MISSED, SPLIT, SPURIOUS, image_fates
 from dsb.rundir import RunDir
 from dsb.submission import write_submission_from_label_maps
 
 runner = CliRunner()
 
-RUN_CONFIG = {
-    "name": "report-synthetic",
-    "data": {"path": "synthetic", "synthetic_n": 14, "synthetic_seed": 3},
-    "folds": {"n_folds": 2, "seed": 0},
-    "model": {"encoder": "resnet10t", "decoder_channels": [32, 16, 16, 8, 8]},
-    "augment": {"crop_px": 96},
-    "train": {"epochs": 3, "batch_size": 8, "steps_per_epoch": 2},
-    "infer": {"tta": "none"},
-}
-
-
-def perturb(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A prediction with every kind of error: some nuclei dropped, touching pairs merged,
-    large ones cut in two, some grown, a few blobs added, the rest kept."""
-    pred = truth.copy()
-    ids = [i for i in np.unique(truth) if i]
-    boxes = ndimage.find_objects(truth)
-    next_id = int(truth.max()) + 1
-    for i in ids:
-        r = rng.random()
-        box = boxes[i - 1]
-        if r < 0.1:                                   # missed
-            pred[pred == i] = 0
-        elif r < 0.25:                                # merged with a touching neighbour
-            grown = ndimage.binary_dilation(truth == i, iterations=2)
-            neighbours = [j for j in np.unique(truth[grown]) if j and j != i]
-            if neighbours:
-                bridge = grown & (truth == 0) & ndimage.binary_dilation(truth == neighbours[0], iterations=2)
-                pred[(pred == neighbours[0]) | bridge] = i
-        elif r < 0.35 and (pred == i).sum() > 80:     # split in two halves
-            ys, xs = np.nonzero(pred == i)
-            cut = int(np.median(xs))
-            pred[(pred == i) & (np.arange(truth.shape[1])[None, :] > cut)] = next_id
-            pred[(pred == i) & (np.arange(truth.shape[1])[None, :] == cut)] = 0
-            next_id += 1
-        elif r < 0.45:                                # grown (loose boundary)
-            grown = ndimage.binary_dilation(truth == i, iterations=int(rng.integers(2, 6)))
-            pred[grown & (pred == 0)] = i
-        elif box is not None and r < 0.55:            # shifted by a pixel or two
-            mask = np.roll(truth == i, tuple(rng.integers(-2, 3, size=2)), axis=(0, 1))
-            pred[pred == i] = 0
-            pred[mask & (pred == 0)] = i
-    for _ in range(int(rng.integers(0, 3))):          # spurious blobs
-        y, x = rng.integers(4, truth.shape[0] - 4), rng.integers(4, truth.shape[1] - 4)
-        blob = (np.arange(truth.shape[0])[:, None] - y) ** 2 + (np.arange(truth.shape[1])[None, :] - x) ** 2 <= 9
-        pred[blob & (pred == 0) & ~ndimage.binary_dilation(truth > 0, iterations=2)] = next_id
-        next_id += 1
-    return pred
-
-
-def make_synthetic_run(root: Path, config: dict = RUN_CONFIG) -> Path:
-    """A run folder as training leaves it (config, grouped folds, per-fold metrics and
-    out-of-fold maps) for the synthetic data of ``config``, made in seconds."""
-    cfg = config_from_dict(config)
-    run = RunDir(root)
-    root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run.config)
-    samples = list(iter_samples(cfg.data.synthetic_n, cfg.data.synthetic_seed))
-    ids = [s.image_id for s in samples]
-    types = [sample_kind(i) for i in range(len(samples))]
-    folds = make_folds(ids, types, cfg.folds.n_folds, seed=0, groups=[f"g{i % 5}" for i in range(len(ids))])
-    save_folds(folds, run.folds)
-    fold_of = dict(zip(folds["image_id"], folds["fold"]))
-    rng = np.random.default_rng(7)
-    for sample in samples:
-        pred = perturb(sample.label_map, rng)
-        targets = make_targets(pred, cfg.targets.channels, cfg.targets.border_px, cfg.targets.touching_px)
-        probs = np.clip(ndimage.uniform_filter(targets, size=(1, 3, 3)) * 0.9 + 0.05
-                        + rng.normal(0, 0.03, targets.shape), 0, 1)
-        path = run.oof_map(int(fold_of[sample.image_id]), sample.image_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, quantise_probs(probs))
-    for k in range(cfg.folds.n_folds):
-        records = [{"epoch": e, "loss": 1.0 / e + 0.1 * k, "val_map": 0.1 * e + 0.02 * k} for e in range(1, 6)]
-        run.metrics(k).write_text("".join(json.dumps(r) + "\n" for r in records))
-    return root
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return make_synthetic_run(tmp_path_factory.mktemp("report") / "run")
+def run_dir(synthetic_run, tmp_path_factory) -> Path:
+    return synthetic_run(tmp_path_factory.mktemp("report") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -191,11 +112,11 @@ def test_per_image_numbers_match_the_metric(built, run_dir):
         assert row["fates"]["truth"].get("matched", 0) == row["per_threshold"][0]["tp"]
 
 
-def test_report_of_a_submission_matches_score(tmp_path):
+def test_report_of_a_submission_matches_score(perturb_labels, tmp_path):
     stage = write_synthetic_dataset(tmp_path / "test", n=6, seed=11)
     rng = np.random.default_rng(1)
     samples = list(iter_samples(6, 11))
-    preds = {s.image_id: perturb(s.label_map, rng) for s in samples}
+    preds = {s.image_id: perturb_labels(s.label_map, rng) for s in samples}
     sub = write_submission_from_label_maps(tmp_path / "sub.csv", preds.items(), {s.image_id: s.label_map.shape for s in samples})
     res = runner.invoke(app, ["score", str(sub), "--solution", str(stage.solution_csv), "--json"])
     assert res.exit_code == 0, res.output
@@ -241,7 +162,7 @@ def test_bad_inputs_are_clean_errors(run_dir, tmp_path):
     fails([tmp_path, "--out", tmp_path / "r"], 2, "not a run folder")
     empty_run = tmp_path / "empty_run"
     empty_run.mkdir()
-    save_config(config_from_dict(RUN_CONFIG), RunDir(empty_run).config)
+    shutil.copyfile(RunDir(run_dir).config, RunDir(empty_run).config)
     save_folds(make_folds(["a", "b"], ["fluorescence"] * 2, 2), RunDir(empty_run).folds)
     fails([empty_run, "--out", tmp_path / "r"], 2, "out-of-fold")
     fails([run_dir, "--out", tmp_path / "r", "--solution", a_file], 2, "--solution")

@@ -230,12 +230,11 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(synthetic_run, tmp_path_factory):
     from dsb.report import build_report
-    from tests.test_report import make_synthetic_run
 
     root = tmp_path_factory.mktemp("browser")
-    result = build_report(make_synthetic_run(root / "run"), root / "report", workers=2)
+    result = build_report(synthetic_run(root / "run"), root / "report", workers=2)
     return result.out_dir, json.loads((result.out_dir / "report.json").read_text())
 
 
