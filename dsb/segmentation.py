@@ -274,12 +274,11 @@ def segment(
     -------
     label_map : ``H x W`` int32, 0 background, nuclei ``1..n``
 
-    Example
-    -------
-    >>> import tifffile, dsb                                          # doctest: +SKIP
-    >>> labels = dsb.segment(tifffile.imread("cells.tif"), channel=3)  # doctest: +SKIP
-    >>> labels.max()                                                  # doctest: +SKIP
-    412
+    Example (a user's 3-channel TIFF; 412 nuclei found)::
+
+        import tifffile, dsb
+        labels = dsb.segment(tifffile.imread("cells.tif"), channel=3)
+        labels.max()   # 412
     """
 
     array = np.asarray(image)

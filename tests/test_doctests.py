@@ -3,8 +3,8 @@
 examples as one item, ``dsb/<path>.py::<module>``. This file checks that they stay tests:
 the configuration still collects them, and every example written is one doctest finds.
 
-An example that needs files from outside the project (the Kaggle zips, a user's TIFF) says
-``# doctest: +SKIP``; every other example runs.
+An example that needs files from outside the project (the Kaggle zips, a user's TIFF) is
+written as a plain code block (``::``), not as ``>>>``; every ``>>>`` example runs.
 """
 
 from __future__ import annotations

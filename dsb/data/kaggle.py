@@ -12,11 +12,11 @@ Labels come either from those mask PNGs or from a run-length CSV
 :func:`dsb.rle.read_rle_rows`, the reader submissions are read with too).
 
 Everything is lazy: :func:`open_stage` builds an index from file names once (a zip is
-never unpacked) and pixels are decoded only when asked for.
+never unpacked) and pixels are decoded only when asked for::
 
->>> stage = open_stage("stage1_train.zip")                       # doctest: +SKIP
->>> image = stage.read_image(stage.image_ids[0])                 # doctest: +SKIP
->>> label_map = stage.read_label_map(stage.image_ids[0])         # doctest: +SKIP
+    stage = open_stage("stage1_train.zip")
+    image = stage.read_image(stage.image_ids[0])
+    label_map = stage.read_label_map(stage.image_ids[0])
 """
 
 from __future__ import annotations
