@@ -184,6 +184,7 @@ def test_bad_inputs_are_clean_errors(run_dir, tmp_path):
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*")), out
 
 
+@pytest.mark.slow
 def test_a_failed_build_keeps_the_earlier_report(run_dir, tmp_path, monkeypatch):
     from dsb.report import build
 
@@ -271,6 +272,7 @@ def test_inner_edges_are_skimage_inner_boundaries():
         assert (viz.inner_edges(labels) == find_boundaries(labels, mode="inner")).all()
 
 
+@pytest.mark.slow
 def test_evaluate_figures_use_the_shared_drawing(run_dir, tmp_path):
     res = runner.invoke(app, ["evaluate", str(run_dir), "--json", "--out", str(tmp_path / "s.csv"),
                               "--figures", str(tmp_path / "figs")])
