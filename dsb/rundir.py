@@ -68,9 +68,6 @@ class RunDir:
     def __init__(self, path: str | Path):
         object.__setattr__(self, "path", Path(path))
 
-    def __fspath__(self) -> str:
-        return str(self.path)
-
     def __str__(self) -> str:
         return str(self.path)
 
