@@ -22,7 +22,9 @@ from dsb.rundir import RunDir
 
 def _command_line(ctx: typer.Context) -> str:
     """The running command, rebuilt from its parsed options (recorded in run.json)."""
-    parts = ctx.command_path.split()
+    # The program name is whatever started Python (`dsb`, `python -m cli.main`, `-c`): the
+    # record names the command a user would type.
+    parts = ["dsb", *ctx.command_path.split()[1:]]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         if value is None or param.name == "max_epochs":
