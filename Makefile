@@ -12,7 +12,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 # `make submission`: the stage-1 test images (a zip or stage folder; or a data folder that
 # holds stage1_test.zip / stage1_test/) predicted with the shipped weights and d4 TTA.
 DSB_DATA ?= ../shared/dsb2018/stage1_test.zip
-WEIGHTS  ?= unetpp_r18_grouped
+WEIGHTS  ?= unetpp_r18_grouped_full
 TTA      ?= d4
 SUBMISSION ?= submissions/stage1_test.csv
 TEST_INPUT = $(shell if [ -e "$(DSB_DATA)/stage1_test.zip" ]; then echo "$(DSB_DATA)/stage1_test.zip"; \

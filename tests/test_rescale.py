@@ -69,6 +69,62 @@ def test_small_nuclei_are_predicted_again_upscaled_on_the_same_grid():
     assert np.mean((first > 0) == (second > 0)) > 0.98
 
 
+class FragmentingPredictor(ThresholdPredictor):
+    """A 'model' with a limited view: blobs larger than ``max_area`` px (in the pixels it is
+    given) come out as 3 x 3 specks at their centres, smaller ones whole."""
+
+    def __init__(self, max_area: int, specks: bool = True):
+        super().__init__()
+        self.max_area, self.specks = max_area, specks
+
+    def predict(self, image):
+        from scipy import ndimage
+
+        self.shapes.append(image.shape[:2])
+        out = np.zeros(image.shape[:2], np.float32)
+        blobs, n = ndimage.label(image[:, :, 0] > 0.5)
+        for index in range(1, n + 1):
+            mask = blobs == index
+            if mask.sum() <= self.max_area:
+                out[mask] = 1.0
+            elif self.specks:  # else nothing at all, as when d4 TTA averages the specks away
+                cy, cx = (round(c) for c in ndimage.center_of_mass(mask))
+                out[cy - 1:cy + 2, cx - 1:cx + 2] = 1.0
+        return out[None]
+
+
+def test_fragmented_large_nuclei_are_found_at_the_smallest_scale_not_upscaled_away():
+    predictor = FragmentingPredictor(max_area=400)
+    image = _discs(15, size=128)  # about 700 px nuclei: specks at scale 1, whole at 0.5
+    infer = InferConfig(rescale_area_px=150.0, rescale_min=0.5, rescale_max=2.0, rescale_passes=2)
+    probs, scale = predict_rescaled(predictor, image, CHANNELS, POST, infer)
+    assert scale == 0.5
+    assert predictor.shapes == [(128, 136), (64, 68)]  # no upscaled pass
+    labels = labels_from_probs(probs, CHANNELS, POST)
+    areas = np.bincount(labels.ravel())[1:]
+    assert labels.max() == 4 and np.all(areas > 500), areas
+    # the old rule (no look at the smallest scale) upscaled the specks
+    plain = dataclasses.replace(infer, rescale_min=1.0)
+    _, plain_scale = predict_rescaled(FragmentingPredictor(max_area=400), image, CHANNELS, POST, plain)
+    assert plain_scale == 2.0
+    # nothing at all at scale 1: the smallest scale is looked at too
+    blind = FragmentingPredictor(max_area=400, specks=False)
+    probs, scale = predict_rescaled(blind, image, CHANNELS, POST, infer)
+    assert scale == 0.5 and labels_from_probs(probs, CHANNELS, POST).max() == 4
+    # and an empty image stays empty, at scale 1
+    probs, scale = predict_rescaled(FragmentingPredictor(400), np.zeros((64, 64, 3), np.float32), CHANNELS, POST, infer)
+    assert scale == 1.0 and not probs.any()
+
+
+def test_genuinely_small_nuclei_still_upscale_after_the_look_at_the_smallest_scale():
+    predictor = ThresholdPredictor()
+    image = _discs(3)  # about 29 px nuclei: at 0.5 far below the standard size
+    infer = InferConfig(rescale_area_px=29 * 4, rescale_min=0.5, rescale_max=3.0, rescale_passes=1)
+    _, scale = predict_rescaled(predictor, image, CHANNELS, POST, infer)
+    assert scale == pytest.approx(2.0, abs=0.05)
+    assert predictor.shapes == [(96, 104), (48, 52), (round(96 * scale), round(104 * scale))]
+
+
 def test_large_nuclei_or_none_keep_the_first_pass():
     for image in (_discs(12), np.zeros((32, 32, 3), np.float32)):
         predictor = ThresholdPredictor()

@@ -460,7 +460,7 @@ def test_same_instances_as_dsb_predict_on_stage1_test(real_data, tmp_path):
             target.parent.mkdir(parents=True)
             target.write_bytes(zf.read(member))
     sub = tmp_path / "sub.csv"
-    res = runner.invoke(app, ["predict", "-k", "unetpp_r18_grouped", "--input", str(mini), "--out", str(sub),
+    res = runner.invoke(app, ["predict", "-k", "unetpp_r18_grouped_full", "--input", str(mini), "--out", str(sub),
                               "--tta", "none", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["segment", str(mini), "--out", str(tmp_path / "seg"), "--tta", "none", "--device", "cpu"])

@@ -84,6 +84,9 @@ def _run(run_dir: Path, folds: str):
 def _shipped(set_dir: Path, folds: str, data_dir: Optional[Path]):
     manifest = json.loads((set_dir / MANIFEST).read_text())
     by_fold = {int(e["fold"].removeprefix("fold")): e for e in manifest["folds"] if e["fold"].startswith("fold")}
+    if not by_fold:
+        sys.exit(f"{set_dir}: its model trained on every image (dsb train --full), so no image is held out from it; "
+                 f"give the run folder of the fold models behind its estimate ({manifest.get('run')})")
     chosen = _chosen(sorted(by_fold), folds, set_dir / MANIFEST)
     _, cfg, _ = load_model(set_dir / by_fold[chosen[0]]["file"])
     data, labels = Path(cfg.data.path), Path(cfg.data.labels)

@@ -14,6 +14,14 @@ nuclei are, and the image is predicted again at
 image re-predicted while the scale still moves by more than that. Off when
 ``infer.rescale_area_px`` is 0.
 
+Nuclei far larger than the network's view come out of the first pass as small fragments,
+which ask for an upscale that loses them entirely (two stage-1 test images with a few big,
+dim nuclei came out empty). So when the first pass asks to upscale (or finds nothing), the
+image is also predicted at ``rescale_min``; if its nuclei there are ``FRAGMENT_RATIO`` (4)
+times larger than the first pass's and at least half of ``rescale_area_px`` (in the shrunk
+image's pixels), they are large, and that pass is kept as it is. On grouped fold 0's
+held-out images this moved the mAP from 0.5624 to 0.5630 for about 5% more time.
+
 On the out-of-fold images the per-image best scale is far from constant (upscaling 2x
 lifts images whose nuclei are under 200 px and hurts those over 800 px), which is why the
 scale is chosen per image rather than as a fixed multi-scale TTA; see
@@ -42,6 +50,9 @@ from dsb.postprocess import labels_from_probs
 
 #: A chosen scale this close to 1 keeps the first pass (not worth a second one).
 RESCALE_TOLERANCE = 0.1
+#: Nuclei seen at ``rescale_min`` this many times larger (median area, on the image's own
+#: grid) than at scale 1 mean the first pass was fragmenting them.
+FRAGMENT_RATIO = 4.0
 
 
 def choose_scale(label_map: np.ndarray, area_px: float, min_scale: float, max_scale: float) -> float:
@@ -89,12 +100,34 @@ def predict_rescaled(
     probs = predictor.predict(image)
     if not infer.rescale_area_px:
         return probs, 1.0
+
+    def wanted_scale(p: np.ndarray) -> float:  # probabilities are on the image's own grid: areas in its pixels
+        return choose_scale(labels_from_probs(p, channels, post), infer.rescale_area_px,
+                            infer.rescale_min, infer.rescale_max)
+
+    first = labels_from_probs(probs, channels, post)
     scale = 1.0
-    for _ in range(max(1, infer.rescale_passes)):
-        # probabilities are always on the image's own grid, so areas are in its pixels
-        wanted = choose_scale(labels_from_probs(probs, channels, post), infer.rescale_area_px,
-                              infer.rescale_min, infer.rescale_max)
+    wanted = choose_scale(first, infer.rescale_area_px, infer.rescale_min, infer.rescale_max)
+    if (wanted > 1.0 + RESCALE_TOLERANCE or not first.any()) and infer.rescale_min < 1.0:
+        # Small instances (or none) may be fragments of nuclei too large for the network to see whole
+        # (on stage-1 test images with a few big dim nuclei, specks that the upscaled pass
+        # then lost entirely). Look at the image shrunk as far as allowed: if its nuclei are
+        # far larger there and still about the standard size, the first pass was
+        # fragmenting them.
+        low = predict_at_scale(predictor, image, infer.rescale_min)
+        areas = np.bincount(labels_from_probs(low, channels, post).ravel())[1:]
+        areas = areas[areas > 0]
+        first_areas = np.bincount(first.ravel())[1:]
+        first_median = float(np.median(first_areas[first_areas > 0])) if first.any() else 0.0
+        if (areas.size and float(np.median(areas)) >= FRAGMENT_RATIO * first_median
+                and float(np.median(areas)) * infer.rescale_min**2 >= infer.rescale_area_px / 2):
+            # Kept as it is: re-measuring on partly fragmented nuclei drifts back up.
+            return low, infer.rescale_min
+    passes = max(1, infer.rescale_passes)
+    for done in range(1, passes + 1):
         if abs(wanted - scale) < RESCALE_TOLERANCE * scale:
             break
         probs, scale = predict_at_scale(predictor, image, wanted), wanted
+        if done < passes:
+            wanted = wanted_scale(probs)
     return probs, scale
