@@ -100,7 +100,7 @@ def test_shipped_model_segments_training_images(manifest, real_data, tmp_path):
                             keep_label_maps=True, workers=1)
     assert summary.n_images == len(ids)
     score = DatasetScore.from_images(image_score(stage.read_label_map(i), summary.label_maps[i], image_id=i) for i in ids)
-    assert score.map > 0.45, score.map  # measured 0.580 (0.595 in the run's out-of-fold maps, tuned postprocessing)
+    assert score.map > 0.45, score.map  # measured 0.617 (seen in training; the 40-epoch fold-0 model, which had not: 0.580)
 
 
 @pytest.mark.slow
