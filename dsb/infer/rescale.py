@@ -55,16 +55,22 @@ RESCALE_TOLERANCE = 0.1
 FRAGMENT_RATIO = 4.0
 
 
+def median_area(label_map: np.ndarray) -> float:
+    """Median instance area of ``label_map`` in pixels (0.0 when it has none)."""
+    areas = np.bincount(np.asarray(label_map).ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.median(areas)) if areas.size else 0.0
+
+
 def choose_scale(label_map: np.ndarray, area_px: float, min_scale: float, max_scale: float) -> float:
     """The scale that brings the median instance area of ``label_map`` to ``area_px``.
 
     1.0 when there are no instances (nothing to measure).
     """
-    areas = np.bincount(np.asarray(label_map).ravel())[1:]
-    areas = areas[areas > 0]
-    if areas.size == 0:
+    median = median_area(label_map)
+    if median == 0.0:
         return 1.0
-    scale = math.sqrt(area_px / float(np.median(areas)))
+    scale = math.sqrt(area_px / median)
     return float(min(max(scale, min_scale), max_scale))
 
 
@@ -115,12 +121,9 @@ def predict_rescaled(
         # far larger there and still about the standard size, the first pass was
         # fragmenting them.
         low = predict_at_scale(predictor, image, infer.rescale_min)
-        areas = np.bincount(labels_from_probs(low, channels, post).ravel())[1:]
-        areas = areas[areas > 0]
-        first_areas = np.bincount(first.ravel())[1:]
-        first_median = float(np.median(first_areas[first_areas > 0])) if first.any() else 0.0
-        if (areas.size and float(np.median(areas)) >= FRAGMENT_RATIO * first_median
-                and float(np.median(areas)) * infer.rescale_min**2 >= infer.rescale_area_px / 2):
+        low_median = median_area(labels_from_probs(low, channels, post))
+        if (low_median > 0.0 and low_median >= FRAGMENT_RATIO * median_area(first)
+                and low_median * infer.rescale_min**2 >= infer.rescale_area_px / 2):
             # Kept as it is: re-measuring on partly fragmented nuclei drifts back up.
             return low, infer.rescale_min
     passes = max(1, infer.rescale_passes)
