@@ -15,12 +15,15 @@ image re-predicted while the scale still moves by more than that. Off when
 ``infer.rescale_area_px`` is 0.
 
 Nuclei far larger than the network's view come out of the first pass as small fragments,
-which ask for an upscale that loses them entirely (two stage-1 test images with a few big,
-dim nuclei came out empty). So when the first pass asks to upscale (or finds nothing), the
-image is also predicted at ``rescale_min``; if its nuclei there are ``FRAGMENT_RATIO`` (4)
-times larger than the first pass's and at least half of ``rescale_area_px`` (in the shrunk
-image's pixels), they are large, and that pass is kept as it is. On grouped fold 0's
-held-out images this moved the mAP from 0.5624 to 0.5630 for about 5% more time.
+which ask for an upscale (or a too-small downscale) that loses them entirely (stage-1 test
+images with a few big, dim nuclei came out empty). So unless the first pass already asks
+for about ``rescale_min``, the image is also predicted at ``rescale_min``, and that pass is
+kept as it is when it looks like the first pass's fragments made whole
+(:func:`fragmented`): its nuclei ``FRAGMENT_RATIO`` (4) times larger, at least half of
+``rescale_area_px`` in the shrunk image's pixels, and the first pass's nuclei covering less
+than ``FRAGMENT_COVERAGE`` (30%) of them. The last condition tells fragments (specks inside
+a big nucleus: 9-19% on the stage-1 test images) from small nuclei that the shrunk pass
+merges into clumps (a cluster of 14 small nuclei: 45%).
 
 On the out-of-fold images the per-image best scale is far from constant (upscaling 2x
 lifts images whose nuclei are under 200 px and hurts those over 800 px), which is why the
@@ -51,8 +54,11 @@ from dsb.postprocess import labels_from_probs
 #: A chosen scale this close to 1 keeps the first pass (not worth a second one).
 RESCALE_TOLERANCE = 0.1
 #: Nuclei seen at ``rescale_min`` this many times larger (median area, on the image's own
-#: grid) than at scale 1 mean the first pass was fragmenting them.
+#: grid) than at scale 1 may mean the first pass was fragmenting them ...
 FRAGMENT_RATIO = 4.0
+#: ... when the first pass's nuclei cover less than this fraction of theirs (merged small
+#: nuclei are covered far more: the first pass found them whole).
+FRAGMENT_COVERAGE = 0.3
 
 
 def median_area(label_map: np.ndarray) -> float:
@@ -60,6 +66,32 @@ def median_area(label_map: np.ndarray) -> float:
     areas = np.bincount(np.asarray(label_map).ravel())[1:]
     areas = areas[areas > 0]
     return float(np.median(areas)) if areas.size else 0.0
+
+
+def fragmented(first: np.ndarray, low: np.ndarray, low_scale: float, area_px: float) -> bool:
+    """Whether ``low`` (instances predicted at ``low_scale``, on the image's grid) holds
+    whole the nuclei that ``first`` (scale 1) found only as fragments.
+
+    True when ``low``'s median nucleus is at least ``FRAGMENT_RATIO`` times ``first``'s and
+    at least ``area_px / 2`` in the shrunk image's pixels, and ``first``'s nuclei cover less
+    than ``FRAGMENT_COVERAGE`` of ``low``'s: specks inside big nuclei, not separate small
+    nuclei that shrinking merged.
+
+    >>> first = np.zeros((40, 40), np.int32); first[10:13, 10:13] = 1   # a 9 px speck ...
+    >>> low = np.zeros((40, 40), np.int32); low[2:22, 2:22] = 1         # ... of a 400 px nucleus
+    >>> fragmented(first, low, low_scale=0.5, area_px=150.0)
+    True
+    >>> first[2:22, 2:22] = 1                                           # the same nucleus whole
+    >>> fragmented(first, low, low_scale=0.5, area_px=150.0)
+    False
+    """
+    low_median = median_area(low)
+    if low_median == 0.0 or low_median < FRAGMENT_RATIO * median_area(first):
+        return False
+    if low_median * low_scale**2 < area_px / 2:
+        return False
+    inside = low > 0
+    return bool(np.count_nonzero(first[inside]) < FRAGMENT_COVERAGE * np.count_nonzero(inside))
 
 
 def choose_scale(label_map: np.ndarray, area_px: float, min_scale: float, max_scale: float) -> float:
@@ -114,17 +146,14 @@ def predict_rescaled(
     first = labels_from_probs(probs, channels, post)
     scale = 1.0
     wanted = choose_scale(first, infer.rescale_area_px, infer.rescale_min, infer.rescale_max)
-    if (wanted > 1.0 + RESCALE_TOLERANCE or not first.any()) and infer.rescale_min < 1.0:
-        # Small instances (or none) may be fragments of nuclei too large for the network to see whole
-        # (on stage-1 test images with a few big dim nuclei, specks that the upscaled pass
-        # then lost entirely). Look at the image shrunk as far as allowed: if its nuclei are
-        # far larger there and still about the standard size, the first pass was
-        # fragmenting them.
+    if infer.rescale_min < 1.0 and (not first.any() or wanted > infer.rescale_min * (1.0 + RESCALE_TOLERANCE)):
+        # The first pass's instances (or none) may be fragments of nuclei too large for the
+        # network to see whole (on stage-1 test images with a few big dim nuclei, specks
+        # that the rescaled pass then lost entirely). Look at the image shrunk as far as
+        # allowed: kept as it is if it holds them whole (re-measuring on partly fragmented
+        # nuclei drifts back up).
         low = predict_at_scale(predictor, image, infer.rescale_min)
-        low_median = median_area(labels_from_probs(low, channels, post))
-        if (low_median > 0.0 and low_median >= FRAGMENT_RATIO * median_area(first)
-                and low_median * infer.rescale_min**2 >= infer.rescale_area_px / 2):
-            # Kept as it is: re-measuring on partly fragmented nuclei drifts back up.
+        if fragmented(first, labels_from_probs(low, channels, post), infer.rescale_min, infer.rescale_area_px):
             return low, infer.rescale_min
     passes = max(1, infer.rescale_passes)
     for done in range(1, passes + 1):
