@@ -85,3 +85,44 @@ def test_bootstrap_interval_resamples_groups():
     # two groups are two observations: a far wider interval than 100 independent images
     assert by_group[1] - by_group[0] > 4 * (by_image[1] - by_image[0])
     assert bootstrap_interval(scores, ["a"] * 100, seed=1) == pytest.approx((scores.mean(), scores.mean()))
+
+
+@pytest.mark.slow
+def test_test_novelty_counts_test_images_of_known_and_new_experiments(tmp_path):
+    """benchmarks/research/test_novelty.py: a test image from a training experiment is
+    'known', one from an experiment (here: a microscope size) absent from training is 'new'."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    fields = {
+        "stage1_train": [_field(rng, (64, 64), 0.05, 3, n=30) for _ in range(4)]
+        + [_field(rng, (64, 64), 0.25, 12, n=3) for _ in range(3)],
+        "stage1_test": [_field(rng, (64, 64), 0.05, 3, n=30) for _ in range(2)]   # the first experiment
+        + [_field(rng, (64, 80), 0.05, 3, n=30)],                                  # a size training lacks
+    }
+    for stage, images in fields.items():
+        for k, image in enumerate(images):
+            image_id = f"{stage[7:]}{k:02d}" + "0" * 30
+            (tmp_path / stage / image_id / "images").mkdir(parents=True)
+            Image.fromarray(image).save(tmp_path / stage / image_id / "images" / f"{image_id}.png")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "research" / "test_novelty.py"
+    out = tmp_path / "novelty.json"
+    done = subprocess.run([sys.executable, str(script), "--data", str(tmp_path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["n_test"] == 3 and result["n_train"] == 7
+    assert result["known_experiment"] == 2
+    known = {i[:6]: row["known_experiment"] for i, row in result["test_images"].items()}
+    assert known == {"test00": True, "test01": True, "test02": False}
+    assert result["per_type"]["fluorescence"] == {"test_images": 3, "known_experiment": 2}
+    assert list(result["new_groups"]) == ["fluorescence-64x80-0"]
+    # no data folder: a clear message, not a traceback
+    missing = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "nowhere"), "--out", str(out)],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "stage1_train" in missing.stderr and "Traceback" not in missing.stderr
