@@ -71,11 +71,11 @@ def test_small_nuclei_are_predicted_again_upscaled_on_the_same_grid():
 
 class FragmentingPredictor(ThresholdPredictor):
     """A 'model' with a limited view: blobs larger than ``max_area`` px (in the pixels it is
-    given) come out as 3 x 3 specks at their centres, smaller ones whole."""
+    given) come out as specks at their centres (3 x 3 by default), smaller ones whole."""
 
-    def __init__(self, max_area: int, specks: bool = True):
+    def __init__(self, max_area: int, specks: bool = True, speck_px: int = 1):
         super().__init__()
-        self.max_area, self.specks = max_area, specks
+        self.max_area, self.specks, self.speck_px = max_area, specks, speck_px
 
     def predict(self, image):
         from scipy import ndimage
@@ -89,7 +89,7 @@ class FragmentingPredictor(ThresholdPredictor):
                 out[mask] = 1.0
             elif self.specks:  # else nothing at all, as when d4 TTA averages the specks away
                 cy, cx = (round(c) for c in ndimage.center_of_mass(mask))
-                out[cy - 1:cy + 2, cx - 1:cx + 2] = 1.0
+                out[cy - self.speck_px:cy + self.speck_px + 1, cx - self.speck_px:cx + self.speck_px + 1] = 1.0
         return out[None]
 
 
@@ -214,3 +214,16 @@ def test_small_nuclei_merged_by_shrinking_are_not_taken_for_fragments():
     assert scale == pytest.approx(2.0, abs=0.05)
     labels = labels_from_probs(probs, CHANNELS, POST)
     assert labels.max() == 16
+
+
+def test_fragments_that_ask_for_a_downscale_are_found_whole_at_the_smallest_scale():
+    # 7 x 7 specks of 700 px nuclei: their median (49 px) asks for 0.78 with a 30 px target,
+    # where the nuclei (430 px) still fragment; the old rule looked at the smallest scale only
+    # when the first pass asked to upscale (a d4 stage-1 test image stayed empty so).
+    image = _discs(15, size=128)
+    infer = InferConfig(rescale_area_px=30.0, rescale_min=0.5, rescale_max=2.0, rescale_passes=2)
+    predictor = FragmentingPredictor(max_area=400, speck_px=3)
+    probs, scale = predict_rescaled(predictor, image, CHANNELS, POST, infer)
+    assert scale == 0.5 and predictor.shapes == [(128, 136), (64, 68)]
+    areas = np.bincount(labels_from_probs(probs, CHANNELS, POST).ravel())[1:]
+    assert len(areas) == 4 and np.all(areas > 500), areas

@@ -22,8 +22,8 @@ kept as it is when it looks like the first pass's fragments made whole
 (:func:`fragmented`): its nuclei ``FRAGMENT_RATIO`` (4) times larger, at least half of
 ``rescale_area_px`` in the shrunk image's pixels, and the first pass's nuclei covering less
 than ``FRAGMENT_COVERAGE`` (30%) of them. The last condition tells fragments (specks inside
-a big nucleus: 9-19% on the stage-1 test images) from small nuclei that the shrunk pass
-merges into clumps (a cluster of 14 small nuclei: 45%).
+a big nucleus: 7-19% on the stage-1 test images) from small nuclei that the shrunk pass
+merges into clumps (a cluster of 14 small nuclei: 45-47%).
 
 On the out-of-fold images the per-image best scale is far from constant (upscaling 2x
 lifts images whose nuclei are under 200 px and hurts those over 800 px), which is why the
