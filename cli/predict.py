@@ -31,6 +31,10 @@ def register(app: typer.Typer) -> None:
                                    "pixels (0: off; default: the config's infer.rescale_area_px).")] = None,
         no_filter: Annotated[bool, typer.Option(
             "--no-filter", help="Keep every instance even if the run or set has an instance filter (dsb tune).")] = False,
+        expand: Annotated[Optional[float], typer.Option(
+            "--expand", min=0.0, help="Grow every nucleus by this many pixels after the instance filter, to match "
+                                      "annotations drawn wider than the training labels (default: the config's "
+                                      "postprocess.expand_px).")] = None,
     ) -> None:
         """Predict a folder or zip of images and write a validated Kaggle submission."""
         from dsb.infer.pipeline import load_ensemble, predict_stage
@@ -45,10 +49,14 @@ def register(app: typer.Typer) -> None:
             task = progress.add_task("check images", total=len(stage.image_ids))
             stage.check_images(progress=lambda n: progress.update(task, completed=n))
         overrides = [] if rescale_area is None else [f"infer.rescale_area_px={rescale_area}"]
+        if expand is not None:
+            overrides.append(f"postprocess.expand_px={expand}")
         ens = load_ensemble(checkpoint, device=device, overrides=overrides, use_filter=not no_filter)
         cfg, mode = ens.cfg, tta.value if tta is not None else None
         rescale = f", rescale to {cfg.infer.rescale_area_px:g} px nuclei" if cfg.infer.rescale_area_px else ""
         kept = f", instance filter (IoU >= {ens.instance_filter.threshold:g})" if ens.instance_filter is not None else ""
+        if cfg.postprocess.expand_px:
+            kept += f", nuclei grown by {cfg.postprocess.expand_px:g} px"
         console.print(f"{len(ens.paths)} model(s), {len(stage.image_ids)} images, TTA {mode or cfg.infer.tta}{rescale}{kept}, "
                       f"device {ens.device}")
         with progress_bar() as progress:

@@ -29,7 +29,7 @@ from dsb.data.folds import load_folds
 from dsb.data.samples import load_samples
 from dsb.errors import ConfigError, DataError
 from dsb.metrics import THRESHOLDS, DatasetScore, ImageScore, image_score
-from dsb.postprocess import labels_from_probs
+from dsb.postprocess import grow_labels, labels_from_probs
 from dsb.postprocess.filter import InstanceFilter, instance_features, instance_ious
 from dsb.probmaps import dequantise_probs
 from dsb.rundir import RunDir, load_run_config
@@ -360,15 +360,21 @@ def fit_instance_filter(
 ) -> FilterResult:
     """Fit an :class:`~dsb.postprocess.filter.InstanceFilter` on out-of-fold predictions.
 
-    Every item is postprocessed with ``post``; each predicted instance gets its features and
-    its best IoU with a true nucleus. A :class:`~sklearn.model_selection.GroupKFold` over the
+    Every item is postprocessed with ``post`` (but for ``expand_px``, which the filter's
+    output gets: it is scored grown); each predicted instance gets its features and its best
+    IoU with a true nucleus. A :class:`~sklearn.model_selection.GroupKFold` over the
     items' experiment groups predicts every instance's IoU with a regressor fitted on other
     groups only; the threshold that maximises the mAP of those honest predictions is kept
     (0 if none helps), and the final regressor is fitted on every instance.
     """
+    # Features and IoU targets of the instances before ``post.expand_px`` grows them: the
+    # filter runs before the growth (dsb.postprocess.filter.filtered_labels); scores after it.
+    grow = post.expand_px
+    base = dataclasses.replace(post, expand_px=0.0)
+
     def prepare(item: OofItem):
         probs = dequantise_probs(item.probs)
-        pred = labels_from_probs(probs, list(channels), post)
+        pred = labels_from_probs(probs, list(channels), base)
         return pred, instance_features(pred, probs, channels), instance_ious(item.truth, pred)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -399,7 +405,7 @@ def fit_instance_filter(
         for item, pred, predicted in zip(items, preds, honest):
             keep = np.concatenate([[False], predicted >= threshold]) if threshold > 0 else None
             kept = pred if keep is None else (np.cumsum(keep) * keep).astype(np.int32)[pred]
-            scores.append(image_score(item.truth, kept).score)
+            scores.append(image_score(item.truth, grow_labels(kept, grow)).score)
         return float(np.mean(scores))
 
     trace = [{"threshold": t, "map": score_with(t)} for t in FILTER_THRESHOLDS]

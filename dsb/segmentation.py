@@ -48,7 +48,7 @@ from dsb.errors import DataError, DsbError
 from dsb.infer.pipeline import load_ensemble
 from dsb.infer.predict import Predictor
 from dsb.infer.rescale import RESCALE_TOLERANCE, choose_scale, predict_at_scale, predict_rescaled
-from dsb.postprocess import labels_from_probs
+from dsb.postprocess.filter import filtered_labels
 from dsb.utils import atomic_write
 from dsb.viz import overlay_instances, save_png
 
@@ -87,15 +87,13 @@ class Segmenter:
     def __init__(self, predictor, cfg: Config, instance_filter=None) -> None:
         self.predictor = predictor
         self.cfg = cfg
-        #: Applied after the watershed, as dsb predict does (``instance_filter.apply(labels, probs)``).
+        #: Applied after the watershed and before ``postprocess.expand_px``, as dsb predict does
+        #: (:func:`dsb.postprocess.filter.filtered_labels`).
         self.instance_filter = instance_filter
 
     def _labels(self, probs: np.ndarray) -> np.ndarray:
 
-        labels = labels_from_probs(probs, self.cfg.targets.channels, self.cfg.postprocess)
-        if self.instance_filter is not None:
-            labels = self.instance_filter.apply(labels, probs)
-        return labels
+        return filtered_labels(probs, self.cfg.targets.channels, self.cfg.postprocess, self.instance_filter)
 
     @classmethod
     def load(

@@ -67,3 +67,40 @@ def test_a_file_that_is_not_a_filter_is_a_checkpoint_error(tmp_path):
     bad.write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match="x.pkl"):
         load_filter(bad)
+
+
+def test_the_filter_runs_before_the_growth_of_expand_px():
+    """Growing nuclei first would widen them into background of low probability and make the
+    filter (fitted on ungrown instances) drop them; `filtered_labels` filters, then grows."""
+    import dataclasses
+
+    from scipy import ndimage
+
+    from dsb.postprocess import labels_from_probs
+    from dsb.postprocess.filter import InstanceFilter, filtered_labels
+
+    class MeanProbFilter(InstanceFilter):  # predicts each instance's IoU as its mean body probability
+        def predict_iou(self, label_map, probs):
+            return np.asarray(ndimage.mean(probs[0], label_map, np.arange(1, label_map.max() + 1)))
+
+    keep_confident = MeanProbFilter(model=None, threshold=0.8, channels=("body",))
+    yy, xx = np.mgrid[:48, :48]
+    probs = np.zeros((1, 48, 48), np.float32)
+    for cy, cx in [(12, 12), (32, 30)]:
+        probs[0][(yy - cy) ** 2 + (xx - cx) ** 2 <= 25] = 0.9
+    post = dataclasses.replace(POST, expand_px=2.0)
+    labels = filtered_labels(probs, ["body"], post, keep_confident)
+    plain = labels_from_probs(probs, ["body"], dataclasses.replace(post, expand_px=0.0))
+    assert labels.max() == 2 and np.count_nonzero(labels) > 1.4 * np.count_nonzero(plain)
+    assert keep_confident.apply(labels_from_probs(probs, ["body"], post), probs).max() == 0  # grown first: lost
+    # without a filter it is labels_from_probs itself
+    np.testing.assert_array_equal(filtered_labels(probs, ["body"], post, None), labels_from_probs(probs, ["body"], post))
+
+
+def test_filter_fitted_for_grown_nuclei_still_drops_the_specks():
+    import dataclasses
+
+    rng = np.random.default_rng(0)
+    items = [_item(rng, i) for i in range(20)]
+    result = fit_instance_filter(items, ["body"], dataclasses.replace(POST, expand_px=1.0))
+    assert result.map_after > result.map_before + 0.1 and result.filter.threshold > 0

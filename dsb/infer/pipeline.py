@@ -24,8 +24,7 @@ from dsb.data.dataset import prepare_image
 from dsb.device import resolve_device
 from dsb.infer.predict import Predictor, load_models
 from dsb.infer.rescale import predict_rescaled
-from dsb.postprocess import labels_from_probs
-from dsb.postprocess.filter import InstanceFilter, load_filter
+from dsb.postprocess.filter import InstanceFilter, filtered_labels, load_filter
 from dsb.probmaps import quantise_probs
 from dsb.rle import label_map_to_rows
 from dsb.rundir import FILTER_FILE, is_run_dir, load_run_config, resolve_checkpoints
@@ -95,9 +94,7 @@ def find_instance_filter(checkpoints: Sequence[Path]):
 def _postprocess(image_id, probs, channels, post_cfg, keep_image, overlays_dir, want_overlay, instance_filter=None):
 
     t0 = time.perf_counter()
-    label_map = labels_from_probs(probs, channels, post_cfg)
-    if instance_filter is not None:
-        label_map = instance_filter.apply(label_map, probs)
+    label_map = filtered_labels(probs, channels, post_cfg, instance_filter)
     rows = label_map_to_rows(image_id, label_map)
     overlay_path = None
     if want_overlay and overlays_dir is not None:

@@ -5,7 +5,7 @@
 an int32 label map; :func:`threshold_labels` is the plain-threshold baseline.
 """
 
-from dsb.postprocess.instances import labels_from_probs, threshold_labels
+from dsb.postprocess.instances import grow_labels, labels_from_probs, threshold_labels
 from dsb.postprocess.watershed import watershed
 
-__all__ = ["watershed", "labels_from_probs", "threshold_labels"]
+__all__ = ["watershed", "grow_labels", "labels_from_probs", "threshold_labels"]

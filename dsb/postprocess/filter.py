@@ -17,7 +17,7 @@ model's mistakes look like on images the model never saw.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,9 +26,10 @@ from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 
 from dsb.errors import CheckpointError
+from dsb.postprocess.instances import grow_labels, labels_from_probs
 from dsb.utils import atomic_write
 
-__all__ = ["FEATURES", "InstanceFilter", "instance_features", "instance_ious", "load_filter"]
+__all__ = ["FEATURES", "InstanceFilter", "filtered_labels", "instance_features", "instance_ious", "load_filter"]
 
 FEATURES = (
     "log_area", "perimeter_ratio", "solidity", "eccentricity", "extent", "axis_ratio",
@@ -116,6 +117,27 @@ class InstanceFilter:
             pickle.dump({"format": "dsb-instance-filter-1", "model": self.model, "threshold": self.threshold,
                          "channels": list(self.channels), "features": list(FEATURES)}, fh)
         return Path(path)
+
+
+def filtered_labels(probs: np.ndarray, channels: Sequence[str], post, instance_filter: "InstanceFilter | None") -> np.ndarray:
+    """The label map that prediction writes: :func:`labels_from_probs` with ``post`` (a
+    :class:`~dsb.config.PostprocessConfig`), the instance filter (if any) applied *before*
+    ``post.expand_px`` grows the kept instances, as the filter was fitted on ungrown ones
+    (:func:`dsb.evaluate.fit_instance_filter`): growing first would shift its features (a
+    wider rim of low probability) and drop nuclei it would keep.
+
+    >>> probs = np.zeros((1, 20, 20), np.float32); probs[0, 5:12, 5:12] = 0.9
+    >>> from dsb.config import PostprocessConfig
+    >>> post = PostprocessConfig(min_seed_area_px=1, min_area_px=1, expand_px=1.0)
+    >>> int((filtered_labels(probs, ["body"], post, None) > 0).sum())  # 7 x 7 and 4 x 7 px of rim
+    77
+    """
+    if instance_filter is None:
+        return labels_from_probs(probs, channels, post)
+    grow = float(getattr(post, "expand_px", 0.0) or 0.0)
+    labels = labels_from_probs(probs, channels, replace(post, expand_px=0.0) if grow else post)
+    labels = instance_filter.apply(labels, probs)
+    return grow_labels(labels, grow)
 
 
 def load_filter(path: str | Path) -> InstanceFilter:

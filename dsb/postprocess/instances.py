@@ -50,7 +50,7 @@ from dsb.config import TARGET_CHANNELS, PostprocessConfig
 from dsb.errors import ConfigError
 from dsb.postprocess.watershed import watershed
 
-__all__ = ["labels_from_probs", "threshold_labels"]
+__all__ = ["grow_labels", "labels_from_probs", "threshold_labels"]
 
 
 def _channel_maps(probs: np.ndarray, channels: Sequence[str]) -> dict[str, np.ndarray]:
@@ -182,9 +182,15 @@ def labels_from_probs(probs: np.ndarray, channels: Sequence[str], cfg: Postproce
     keep[0] = False
     new_ids = (np.cumsum(keep) * keep).astype(np.int32)
     label_map = new_ids[label_map]
-    if cfg.expand_px > 0:
-        label_map = expand_labels(label_map, distance=cfg.expand_px).astype(np.int32, copy=False)
-    return label_map
+    return grow_labels(label_map, cfg.expand_px)
+
+
+def grow_labels(label_map: np.ndarray, px: float) -> np.ndarray:
+    """Every instance grown by ``px`` pixels into the background, never into another
+    instance (:func:`skimage.segmentation.expand_labels`); ``label_map`` itself when ``px`` is 0."""
+    if px <= 0:
+        return label_map
+    return expand_labels(label_map, distance=px).astype(np.int32, copy=False)
 
 
 def threshold_labels(probs: np.ndarray, channels: Sequence[str], threshold: float, connectivity: int = 1) -> np.ndarray:

@@ -1,0 +1,96 @@
+"""The research scripts (benchmarks/research/) that need no model: they run as a user runs
+them, in a fresh process, on small synthetic data, and fail with a message, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from dsb.data.kaggle import open_stage
+from dsb.rle import label_map_to_rows
+from dsb.submission import write_submission
+from tests.test_groups import _field
+
+RESEARCH = Path(__file__).resolve().parents[1] / "benchmarks" / "research"
+
+
+def _run(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RESEARCH / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_test_novelty_counts_test_images_of_known_and_new_experiments(tmp_path):
+    """benchmarks/research/test_novelty.py: a test image from a training experiment is
+    'known', one from an experiment (here: a microscope size) absent from training is 'new'."""
+    rng = np.random.default_rng(1)
+    fields = {
+        "stage1_train": [_field(rng, (64, 64), 0.05, 3, n=30) for _ in range(4)]
+        + [_field(rng, (64, 64), 0.25, 12, n=3) for _ in range(3)],
+        "stage1_test": [_field(rng, (64, 64), 0.05, 3, n=30) for _ in range(2)]   # the first experiment
+        + [_field(rng, (64, 80), 0.05, 3, n=30)],                                  # a size training lacks
+    }
+    for stage, images in fields.items():
+        for k, image in enumerate(images):
+            image_id = f"{stage[7:]}{k:02d}" + "0" * 30
+            (tmp_path / stage / image_id / "images").mkdir(parents=True)
+            Image.fromarray(image).save(tmp_path / stage / image_id / "images" / f"{image_id}.png")
+    out = tmp_path / "novelty.json"
+    done = _run("test_novelty.py", "--data", tmp_path, "--out", out)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["n_test"] == 3 and result["n_train"] == 7
+    assert result["known_experiment"] == 2
+    known = {i[:6]: row["known_experiment"] for i, row in result["test_images"].items()}
+    assert known == {"test00": True, "test01": True, "test02": False}
+    assert result["per_type"]["fluorescence"] == {"test_images": 3, "known_experiment": 2}
+    assert list(result["new_groups"]) == ["fluorescence-64x80-0"]
+    # no data folder: a clear message, not a traceback
+    missing = _run("test_novelty.py", "--data", tmp_path / "nowhere", "--out", out)
+    assert missing.returncode != 0 and "stage1_train" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_compare_submissions_scores_one_submission_against_another(synthetic_stage, tmp_path):
+    """benchmarks/research/compare_submissions.py: identical submissions agree perfectly;
+    one with its nuclei eroded has an area ratio below 1, and the same nuclei found."""
+    stage = open_stage(synthetic_stage.path)
+    maps = {i: stage.read_label_map(i) for i in stage.image_ids}
+    shapes = {i: m.shape for i, m in maps.items()}
+
+    def write(name, transform):
+        rows = []
+        for image_id, labels in maps.items():
+            rows.extend(label_map_to_rows(image_id, transform(labels)))
+        return write_submission(tmp_path / name, rows, image_shapes=shapes)
+
+    def eroded(labels):
+        out = np.zeros_like(labels)
+        for k in range(1, labels.max() + 1):  # nuclei of 80 px and more lose their rim, smaller ones stay
+            mask = labels == k
+            out[ndimage.binary_erosion(mask) if mask.sum() >= 80 else mask] = k
+        return out
+
+    same, thin = write("same.csv", lambda m: m), write("thin.csv", eroded)
+    out = tmp_path / "compare.json"
+    done = _run("compare_submissions.py", same, same, "--images", synthetic_stage.path, "--out", out)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())["all"]
+    assert result["map_a_vs_b"] == pytest.approx(1.0) and result["area_ratio"] == pytest.approx(1.0)
+    assert result["n_pred"] == result["n_true"] == sum(int(m.max()) for m in maps.values())
+    done = _run("compare_submissions.py", thin, same, "--images", synthetic_stage.path, "--out", out)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())["all"]
+    assert 0.4 < result["area_ratio"] < 0.95 and result["missed"] == 0
+    # a submission with an image the images lack: a message naming the file, not a traceback
+    stray = tmp_path / "stray.csv"
+    stray.write_text(same.read_text() + "0" * 64 + ",1 4\n")
+    done = _run("compare_submissions.py", stray, same, "--images", synthetic_stage.path, "--out", out)
+    assert done.returncode != 0 and "stray.csv" in done.stderr and "Traceback" not in done.stderr
