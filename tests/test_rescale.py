@@ -227,3 +227,12 @@ def test_fragments_that_ask_for_a_downscale_are_found_whole_at_the_smallest_scal
     assert scale == 0.5 and predictor.shapes == [(128, 136), (64, 68)]
     areas = np.bincount(labels_from_probs(probs, CHANNELS, POST).ravel())[1:]
     assert len(areas) == 4 and np.all(areas > 500), areas
+
+
+def test_the_scale_is_chosen_on_ungrown_nuclei():
+    # postprocess.expand_px grows nuclei for annotations drawn wider; the scale must not follow it
+    image = _discs(3)
+    infer = InferConfig(rescale_area_px=29 * 4, rescale_min=1.0, rescale_max=3.0)
+    _, plain = predict_rescaled(ThresholdPredictor(), image, CHANNELS, POST, infer)
+    _, grown = predict_rescaled(ThresholdPredictor(), image, CHANNELS, dataclasses.replace(POST, expand_px=3.0), infer)
+    assert grown == plain == pytest.approx(2.0, abs=0.05)

@@ -41,6 +41,7 @@ scale is chosen per image rather than as a fixed multi-scale TTA; see
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -138,6 +139,9 @@ def predict_rescaled(
     probs = predictor.predict(image)
     if not infer.rescale_area_px:
         return probs, 1.0
+    # Sizes are measured on the nuclei as the network draws them, not as postprocess.expand_px
+    # grows them to match annotations drawn wider (that growth comes after the choice of scale).
+    post = dataclasses.replace(post, expand_px=0.0)
 
     def wanted_scale(p: np.ndarray) -> float:  # probabilities are on the image's own grid: areas in its pixels
         return choose_scale(labels_from_probs(p, channels, post), infer.rescale_area_px,
