@@ -134,10 +134,8 @@ def filtered_labels(probs: np.ndarray, channels: Sequence[str], post, instance_f
     """
     if instance_filter is None:
         return labels_from_probs(probs, channels, post)
-    grow = float(getattr(post, "expand_px", 0.0) or 0.0)
-    labels = labels_from_probs(probs, channels, replace(post, expand_px=0.0) if grow else post)
-    labels = instance_filter.apply(labels, probs)
-    return grow_labels(labels, grow)
+    labels = labels_from_probs(probs, channels, replace(post, expand_px=0.0))
+    return grow_labels(instance_filter.apply(labels, probs), post.expand_px)
 
 
 def load_filter(path: str | Path) -> InstanceFilter:
