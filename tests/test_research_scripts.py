@@ -89,6 +89,11 @@ def test_compare_submissions_scores_one_submission_against_another(synthetic_sta
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())["all"]
     assert 0.4 < result["area_ratio"] < 0.95 and result["missed"] == 0
+    # --grow-a: the same submission grown 1 px is larger than itself, nothing lost
+    done = _run("compare_submissions.py", same, same, "--images", synthetic_stage.path, "--out", out, "--grow-a", 1)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())["all"]
+    assert 1.05 < result["area_ratio"] < 2.0 and result["missed"] == 0 and result["n_pred"] == result["n_true"]
     # a submission with an image the images lack: a message naming the file, not a traceback
     stray = tmp_path / "stray.csv"
     stray.write_text(same.read_text() + "0" * 64 + ",1 4\n")

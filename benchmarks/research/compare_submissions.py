@@ -10,7 +10,10 @@ the hidden annotations is known (the leaderboard told the project its old set's 
 
 Usage::
 
-    python benchmarks/research/compare_submissions.py A.csv B.csv --images ../shared/dsb2018/stage1_test.zip
+    python benchmarks/research/compare_submissions.py A.csv B.csv --images ../shared/dsb2018/stage1_test.zip [--grow-a PX]
+
+``--grow-a`` grows A's nuclei first; with A = B it tells what a growth does to the area of
+these images' nuclei (more, the smaller they are).
 
 Writes benchmarks/results/compare_submissions.json.
 """
@@ -31,6 +34,7 @@ from dsb.data.kaggle import open_stage  # noqa: E402
 from dsb.errors import DsbError  # noqa: E402
 from dsb.evaluate import error_kinds  # noqa: E402
 from dsb.metrics import DatasetScore, image_score  # noqa: E402
+from dsb.postprocess import grow_labels  # noqa: E402
 from dsb.rle import rle_to_pairs, runs_to_label_map  # noqa: E402
 from dsb.submission import read_submission  # noqa: E402
 
@@ -62,6 +66,8 @@ def main() -> int:
     p.add_argument("a", type=Path, help="the submission to describe")
     p.add_argument("b", type=Path, help="the submission taken as the reference")
     p.add_argument("--images", type=Path, required=True, help="the images both predict (stage folder or zip)")
+    p.add_argument("--grow-a", type=float, default=0.0,
+                   help="grow A's nuclei by this many pixels first (postprocess.expand_px; A = B shows what a growth does)")
     args = p.parse_args()
 
     try:
@@ -71,11 +77,14 @@ def main() -> int:
             image = stage.read_image_uint8(image_id)
             shapes[image_id], types[image_id] = image.shape[:2], classify_image(image)
         maps_a, maps_b = label_maps(args.a, shapes), label_maps(args.b, shapes)
+        maps_a = {i: grow_labels(m, args.grow_a) for i, m in maps_a.items()}
     except DsbError as err:
         sys.exit(str(err))
 
-    result = {"benchmark": "compare_submissions", "a": str(args.a), "b": str(args.b), "n_images": len(shapes)}
-    print(f"{args.a} against {args.b} as the reference, {len(shapes)} images")
+    result = {"benchmark": "compare_submissions", "a": str(args.a), "b": str(args.b), "grow_a": args.grow_a,
+              "n_images": len(shapes)}
+    grown = f" grown {args.grow_a:g} px" if args.grow_a else ""
+    print(f"{args.a}{grown} against {args.b} as the reference, {len(shapes)} images")
     print(f"{'image type':>14} {'images':>6} {'mAP':>6} {'area A/B':>8} {'A':>6} {'B':>6} {'B missed':>8} "
           f"{'merged':>6} {'split':>5} {'A only':>6}")
     for kind in [*sorted(set(types.values())), "all"]:
