@@ -99,3 +99,24 @@ def test_compare_submissions_scores_one_submission_against_another(synthetic_sta
     stray.write_text(same.read_text() + "0" * 64 + ",1 4\n")
     done = _run("compare_submissions.py", stray, same, "--images", synthetic_stage.path, "--out", out)
     assert done.returncode != 0 and "stray.csv" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_annotation_width_counts_the_groups_a_growth_improves(monkeypatch):
+    """benchmarks/research/annotation_width.py --by-group: a gain carried by one large group
+    shows as one group improved of three, with a median change that is a loss."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(RESEARCH))  # the script imports its neighbour heldout.py
+    spec = importlib.util.spec_from_file_location("annotation_width", RESEARCH / "annotation_width.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    group_of = {"a1": "g1", "a2": "g1", "a3": "g1", "b1": "g2", "c1": "g3", "f1": "g4"}
+    types = {k: ("fluorescence" if k == "f1" else "stained") for k in group_of}
+    ungrown = {k: 0.4 for k in group_of}
+    grown = {"a1": 0.9, "a2": 0.9, "a3": 0.9, "b1": 0.35, "c1": 0.3, "f1": 0.4}
+    scores = [SimpleNamespace(image_id=k, score=v) for k, v in grown.items()]
+    out = module.groups_improved(scores, ungrown, group_of, types)
+    assert out["stained"]["groups"] == 3 and out["stained"]["improved"] == 1
+    assert out["stained"]["median_change"] == pytest.approx(-0.05)
+    assert out["fluorescence"] == {"groups": 1, "improved": 0, "median_change": 0.0}

@@ -10,17 +10,22 @@ area ratio (:func:`dsb.evaluate.error_kinds`) when the *true* nuclei are grown b
 (:func:`dsb.postprocess.grow_labels`). The row whose ungrown ratio matches the leaderboard's
 says how much wider the annotations are, and its best ``--grow`` what to ship.
 
+``--by-group`` also says, per image type, in how many experiment groups (the folds' rule,
+:func:`dsb.data.groups.stage_groups`, over the whole training stage) each growth beats not
+growing the predictions: a gain that one large group carries is not one to ship.
+
 The fold models predict their held-out images once (no TTA, the source's rescaling and
 postprocessing, no instance filter); the growths are applied to those label maps. Usage::
 
     python benchmarks/research/annotation_width.py SOURCE [--folds 0] [--truth-grow 0 1 2]
-        [--grow 0 1 1.5 2 3] [--data DIR]
+        [--grow 0 1 1.5 2 3] [--data DIR] [--by-group]
 
 Writes benchmarks/results/annotation_width.json.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from _common import finish, parser  # noqa: E402  (also puts the repository on sys.path)
 
+from dsb.data.groups import stage_groups  # noqa: E402
 from dsb.evaluate import error_kinds  # noqa: E402
 from dsb.infer.pipeline import predict_stage  # noqa: E402
 from dsb.metrics import DatasetScore, image_score  # noqa: E402
@@ -46,6 +52,8 @@ def main() -> int:
     p.add_argument("--grow", nargs="+", type=float, default=[0.0, 1.0, 1.5, 2.0, 3.0], help="pixels the predictions grow")
     p.add_argument("--data", type=Path, default=None,
                    help="shipped set only: folder holding the training zip and labels CSV it was trained on")
+    p.add_argument("--by-group", action="store_true",
+                   help="per image type: how many experiment groups each growth improves (groups the training stage)")
     args = p.parse_args()
 
     cfg, stage, entries = held_out_folds(args.source, args.folds, args.data)
@@ -61,12 +69,14 @@ def main() -> int:
     ids = sorted(preds)
     kinds = sorted(set(types.values()))
 
+    group_of = {i: g["group"] for i, g in stage_groups(stage).items()} if args.by_group else {}
     rows = []
     print(f"{len(ids)} held-out images of {args.source} (folds {[e.fold for e in entries]}); mAP (matched area ratio)")
     print(f"{'truth grown':>11}  " + "  ".join(f"{'pred +' + format(g, 'g') + ' px':>16}" for g in args.grow))
+    group_lines = []
     for t_grow in args.truth_grow:
         grown_truth = {i: grow_labels(truth[i], t_grow) for i in ids}
-        cells = []
+        cells, ungrown = [], None
         for grow in args.grow:
             grown = {i: grow_labels(preds[i], grow) for i in ids}
             scores = [image_score(grown_truth[i], grown[i], image_id=i) for i in ids]
@@ -74,11 +84,35 @@ def main() -> int:
             per_type = {k: DatasetScore.from_images(s for s in scores if types[s.image_id] == k).map for k in kinds}
             row = {"truth_grow": t_grow, "grow": grow, "map": DatasetScore.from_images(scores).map,
                    "area_ratio": ratio, "per_type": per_type}
+            if group_of:
+                if ungrown is None:
+                    ungrown = {sc.image_id: sc.score for sc in scores}
+                row["groups_improved"] = groups_improved(scores, ungrown, group_of, types)
+                group_lines.append((t_grow, grow, row["groups_improved"]))
             rows.append(row)
             cells.append(f"{row['map']:.4f} ({ratio:.2f})")
         print(f"{'+' + format(t_grow, 'g') + ' px':>11}  " + "  ".join(f"{c:>16}" for c in cells))
+    if group_lines:
+        print("experiment groups improved over not growing the predictions (of groups of that type; median group change)")
+        for t_grow, grow, by_type in group_lines:
+            cells = [f"{k} {v['improved']}/{v['groups']} ({v['median_change']:+.3f})" for k, v in by_type.items()]
+            print(f"  truth +{t_grow:g} px, pred +{grow:g} px: " + ", ".join(cells))
     return finish({"benchmark": "annotation_width", "source": str(args.source), "n_images": len(ids), "rows": rows},
                   args.out)
+
+
+def groups_improved(scores, ungrown: dict[str, float], group_of: dict[str, str], types: dict[str, str]) -> dict:
+    """Per image type: groups whose mean image score rose over ``ungrown``, and the median change."""
+    changes: dict[str, dict[str, list[float]]] = {}
+    for sc in scores:
+        key = sc.image_id
+        changes.setdefault(types[key], {}).setdefault(group_of[key], []).append(sc.score - ungrown[key])
+    out = {}
+    for kind in sorted(changes):
+        means = [sum(v) / len(v) for v in changes[kind].values()]
+        out[kind] = {"groups": len(means), "improved": sum(m > 1e-9 for m in means),
+                     "median_change": float(statistics.median(means))}
+    return out
 
 
 if __name__ == "__main__":
