@@ -76,7 +76,9 @@ def main() -> int:
     group_lines = []
     for t_grow in args.truth_grow:
         grown_truth = {i: grow_labels(truth[i], t_grow) for i in ids}
-        cells, ungrown = [], None
+        cells = []
+        # the baseline of --by-group: predictions as drawn, whatever --grow lists
+        ungrown = {i: image_score(grown_truth[i], preds[i], image_id=i).score for i in ids} if group_of else {}
         for grow in args.grow:
             grown = {i: grow_labels(preds[i], grow) for i in ids}
             scores = [image_score(grown_truth[i], grown[i], image_id=i) for i in ids]
@@ -85,8 +87,6 @@ def main() -> int:
             row = {"truth_grow": t_grow, "grow": grow, "map": DatasetScore.from_images(scores).map,
                    "area_ratio": ratio, "per_type": per_type}
             if group_of:
-                if ungrown is None:
-                    ungrown = {sc.image_id: sc.score for sc in scores}
                 row["groups_improved"] = groups_improved(scores, ungrown, group_of, types)
                 group_lines.append((t_grow, grow, row["groups_improved"]))
             rows.append(row)
