@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from scipy import ndimage
@@ -120,3 +121,29 @@ def test_annotation_width_counts_the_groups_a_growth_improves(monkeypatch):
     assert out["stained"]["groups"] == 3 and out["stained"]["improved"] == 1
     assert out["stained"]["median_change"] == pytest.approx(-0.05)
     assert out["fluorescence"] == {"groups": 1, "improved": 0, "median_change": 0.0}
+
+
+def test_held_out_folds_of_a_grouped_run_carry_its_recorded_groups(tmp_path, monkeypatch, synthetic_stage):
+    """benchmarks/research/heldout.py: a run on grouped folds hands each fold's experiment
+    groups from its folds.csv (so --by-group need not regroup the stage); random folds
+    (no group column) hand none."""
+    import importlib.util
+
+    from dsb.config import config_from_dict, save_config
+    from dsb.rundir import RunDir
+
+    monkeypatch.syspath_prepend(str(RESEARCH))
+    spec = importlib.util.spec_from_file_location("heldout", RESEARCH / "heldout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ids = sorted(open_stage(synthetic_stage.path).image_ids)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    save_config(config_from_dict({"name": "r", "data": {"path": str(synthetic_stage.path)}}), run.config)
+    table = {"image_id": ids, "image_type": ["fluorescence"] * 3, "fold": [0, 0, 1], "group": ["g1", "g2", "g3"]}
+    pd.DataFrame(table).to_csv(run.folds, index=False)
+    _, _, entries = module.held_out_folds(str(run.path), "0,1")
+    assert [e.groups for e in entries] == [{ids[0]: "g1", ids[1]: "g2"}, {ids[2]: "g3"}]
+    pd.DataFrame(table).drop(columns="group").to_csv(run.folds, index=False)
+    _, _, entries = module.held_out_folds(str(run.path), "0")
+    assert entries[0].groups is None and entries[0].image_ids == ids[:2]

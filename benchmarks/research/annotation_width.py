@@ -10,9 +10,9 @@ area ratio (:func:`dsb.evaluate.error_kinds`) when the *true* nuclei are grown b
 (:func:`dsb.postprocess.grow_labels`). The row whose ungrown ratio matches the leaderboard's
 says how much wider the annotations are, and its best ``--grow`` what to ship.
 
-``--by-group`` also says, per image type, in how many experiment groups (the folds' rule,
-:func:`dsb.data.groups.stage_groups`, over the whole training stage) each growth beats not
-growing the predictions: a gain that one large group carries is not one to ship.
+``--by-group`` also says, per image type, in how many experiment groups (those a run's
+grouped ``folds.csv`` records; otherwise the folds' rule, :func:`dsb.data.groups.stage_groups`,
+over the whole training stage) each growth beats not growing the predictions: a gain that one large group carries is not one to ship.
 
 The fold models predict their held-out images once (no TTA, the source's rescaling and
 postprocessing, no instance filter); the growths are applied to those label maps. Usage::
@@ -69,7 +69,13 @@ def main() -> int:
     ids = sorted(preds)
     kinds = sorted(set(types.values()))
 
-    group_of = {i: g["group"] for i, g in stage_groups(stage).items()} if args.by_group else {}
+    group_of = {}
+    if args.by_group:
+        recorded = [e.groups for e in entries]
+        if all(g is not None for g in recorded):  # a run on grouped folds: its folds.csv says
+            group_of = {i: g for groups in recorded for i, g in groups.items()}
+        else:  # random folds or a shipped set: the folds' rule over the whole stage (~30 s)
+            group_of = {i: g["group"] for i, g in stage_groups(stage).items()}
     rows = []
     print(f"{len(ids)} held-out images of {args.source} (folds {[e.fold for e in entries]}); mAP (matched area ratio)")
     print(f"{'truth grown':>11}  " + "  ".join(f"{'pred +' + format(g, 'g') + ' px':>16}" for g in args.grow))

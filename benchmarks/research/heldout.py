@@ -39,6 +39,8 @@ class HeldOutFold:
     #: image type per id (from folds.csv; None for a shipped set: see :meth:`types`)
     image_types: Optional[dict[str, str]]
     epoch: Optional[int]
+    #: experiment group per id (folds.csv of grouped folds; None for random folds or a shipped set)
+    groups: Optional[dict[str, str]] = None
 
     def types(self, stage: Stage, ids: list[str]) -> dict[str, str]:
         if self.image_types is not None:
@@ -76,8 +78,9 @@ def _run(run_dir: Path, folds: str):
     entries = []
     for fold in _chosen(sorted(set(table["fold"])), folds, run_dir):
         held = table[table["fold"] == fold].sort_values("image_id")
+        groups = dict(zip(held["image_id"], held["group"])) if "group" in held and held["group"].notna().all() else None
         entries.append(HeldOutFold(fold, RunDir(run_dir).best(fold), held["image_id"].tolist(),
-                                   dict(zip(held["image_id"], held["image_type"])), None))
+                                   dict(zip(held["image_id"], held["image_type"])), None, groups))
     return cfg, open_stage(cfg.data.path, labels=cfg.data.labels), entries
 
 
