@@ -12,7 +12,8 @@ says how much wider the annotations are, and its best ``--grow`` what to ship.
 
 ``--by-group`` also says, per image type, in how many experiment groups (those a run's
 grouped ``folds.csv`` records; otherwise the folds' rule, :func:`dsb.data.groups.stage_groups`,
-over the whole training stage) each growth beats not growing the predictions: a gain that one large group carries is not one to ship.
+over the whole training stage) each growth beats not growing the predictions: a gain that
+one large group carries is not one to ship.
 
 The fold models predict their held-out images once (no TTA, the source's rescaling and
 postprocessing, no instance filter); the growths are applied to those label maps. Usage::
