@@ -27,6 +27,17 @@ def _run(script: str, *args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def _module(name: str, monkeypatch):
+    """A research script imported as a module (it imports its neighbours, e.g. heldout.py)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(RESEARCH))
+    spec = importlib.util.spec_from_file_location(name, RESEARCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.slow
 def test_test_novelty_counts_test_images_of_known_and_new_experiments(tmp_path):
     """benchmarks/research/test_novelty.py: a test image from a training experiment is
@@ -105,13 +116,9 @@ def test_compare_submissions_scores_one_submission_against_another(synthetic_sta
 def test_annotation_width_counts_the_groups_a_growth_improves(monkeypatch):
     """benchmarks/research/annotation_width.py --by-group: a gain carried by one large group
     shows as one group improved of three, with a median change that is a loss."""
-    import importlib.util
     from types import SimpleNamespace
 
-    monkeypatch.syspath_prepend(str(RESEARCH))  # the script imports its neighbour heldout.py
-    spec = importlib.util.spec_from_file_location("annotation_width", RESEARCH / "annotation_width.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module("annotation_width", monkeypatch)
     group_of = {"a1": "g1", "a2": "g1", "a3": "g1", "b1": "g2", "c1": "g3", "f1": "g4"}
     types = {k: ("fluorescence" if k == "f1" else "stained") for k in group_of}
     ungrown = {k: 0.4 for k in group_of}
@@ -127,15 +134,10 @@ def test_held_out_folds_of_a_grouped_run_carry_its_recorded_groups(tmp_path, mon
     """benchmarks/research/heldout.py: a run on grouped folds hands each fold's experiment
     groups from its folds.csv (so --by-group need not regroup the stage); random folds
     (no group column) hand none."""
-    import importlib.util
-
     from dsb.config import config_from_dict, save_config
     from dsb.rundir import RunDir
 
-    monkeypatch.syspath_prepend(str(RESEARCH))
-    spec = importlib.util.spec_from_file_location("heldout", RESEARCH / "heldout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module("heldout", monkeypatch)
     ids = sorted(open_stage(synthetic_stage.path).image_ids)
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
