@@ -116,6 +116,8 @@ def export_run(
             "command": run_info.get("full", {}).get("command") if full else run_info.get("command"),
             **({"commands": run_info["commands"]} if "commands" in run_info and not full else {}),
             **({"cross_validation_command": run_info.get("command"),
+                # every command that trained a fold (the latest is cross_validation_command)
+                "cross_validation_commands": run_info.get("commands", [run_info.get("command")]),
                 "oof_map_is": "the out-of-fold mAP of the same recipe's fold models (an estimate for this model, "
                               "which saw every image)"} if full else {}),
             "folds": shipped,

@@ -264,6 +264,7 @@ def test_full_data_model_joins_the_run_and_ships(trained_run, tmp_path):
     manifest = json.loads((weights / "whole" / "manifest.json").read_text())
     assert [f["file"] for f in manifest["folds"]] == ["full.pt"]
     assert manifest["command"] == info["full"]["command"] and manifest["cross_validation_command"] == info["command"]
+    assert manifest["cross_validation_commands"] == [info["command"]]
     oof = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)
     assert manifest["oof_map"] == pytest.approx(oof["map"], abs=1e-9)
     # The CV run's own artefacts are untouched: evaluating and predicting use the folds only.
