@@ -12,7 +12,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 # `make submission`: the stage-1 test images (a zip or stage folder; or a data folder that
 # holds stage1_test.zip / stage1_test/) predicted with the shipped weights and d4 TTA.
 DSB_DATA ?= ../shared/dsb2018/stage1_test.zip
-WEIGHTS  ?= unetpp_r18_grouped_full
+WEIGHTS  ?= unetpp_r18_nostain_full
 TTA      ?= d4
 # Nuclei grown by this many pixels after the instance filter (postprocess.expand_px): the
 # stage-1 test annotations are drawn about 1 px wider than the training labels (README,

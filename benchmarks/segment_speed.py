@@ -122,7 +122,7 @@ def main() -> int:
     p = parser(__doc__, "segment_speed")
     p.add_argument("--data", type=Path, default=None,
                    help="folder holding stage1_test.zip (default: $DSB_DATA or ../shared/dsb2018)")
-    p.add_argument("--checkpoint", default="unetpp_r18_grouped_full")
+    p.add_argument("--checkpoint", default="unetpp_r18_nostain_full")
     p.add_argument("--tta", default="none")
     p.add_argument("--n", type=int, default=65, help="stage-1 test images")
     p.add_argument("--big-px", type=int, default=10_000, help="side of the large image (0: skip)")

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
         checkpoint: Annotated[Optional[list[str]], typer.Option(
             "--checkpoint", "-k", help="A .pt file, a run folder, or a shipped set name; repeat for an ensemble "
-                                       "(default: the shipped unetpp_r18_grouped_full).")] = None,
+                                       "(default: the shipped unetpp_r18_nostain_full).")] = None,
         channel: Annotated[Optional[int], typer.Option(
             "--channel", "-c", help="The nuclear channel of a multi-channel image, counting from 1 as Fiji does.")] = None,
         nucleus_diameter: Annotated[Optional[float], typer.Option(

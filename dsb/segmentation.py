@@ -57,7 +57,7 @@ __all__ = ["Segmenter", "SegmentOptions", "ImageResult", "segment", "segment_sou
            "measure_nuclei", "output_paths", "gather_results", "DEFAULT_CHECKPOINT"]
 
 #: The shipped checkpoint set used when none is given.
-DEFAULT_CHECKPOINT = "unetpp_r18_grouped_full"
+DEFAULT_CHECKPOINT = "unetpp_r18_nostain_full"
 #: Nucleus area the model wants when its config names none (infer.rescale_area_px = 0).
 DEFAULT_TARGET_AREA_PX = 600.0
 #: Images with more pixels than ``block_px ** 2`` are segmented in blocks.
@@ -258,7 +258,7 @@ def segment(
     image : array ``H x W`` (gray), ``H x W x C`` or ``C x H x W`` (C <= 4)
         Any integer or float dtype; intensities are normalised by the image's own range
         (8-bit images are used as they are; see :func:`dsb.data.images.to_model_uint8`).
-    checkpoint : a shipped set name (default ``"unetpp_r18_grouped_full"``), a ``.pt`` file or a run
+    checkpoint : a shipped set name (default ``"unetpp_r18_nostain_full"``), a ``.pt`` file or a run
         folder, or several (a fold ensemble). Loaded once and kept for the next call.
     channel : the nuclear channel, counting from 1 (needed for 2 or more than 3 channels)
     nucleus_diameter : typical nucleus diameter in pixels (as Cellpose's ``diameter``);

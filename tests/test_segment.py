@@ -30,8 +30,8 @@ from dsb.config import config_from_dict
 from dsb.data.images import collect_inputs, read_image_file, select_channels, to_model_uint8
 from dsb.data.synthetic import make_sample
 from dsb.errors import DataError, DsbError
-from dsb.segmentation import (Segmenter, instance_outlines, measure_nuclei, read_label_image, write_geojson,
-                         write_imagej_rois, write_label_image)
+from dsb.segmentation import (DEFAULT_CHECKPOINT, Segmenter, instance_outlines, measure_nuclei, read_label_image,
+                            write_geojson, write_imagej_rois, write_label_image)
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -460,7 +460,7 @@ def test_same_instances_as_dsb_predict_on_stage1_test(real_data, tmp_path):
             target.parent.mkdir(parents=True)
             target.write_bytes(zf.read(member))
     sub = tmp_path / "sub.csv"
-    res = runner.invoke(app, ["predict", "-k", "unetpp_r18_grouped_full", "--input", str(mini), "--out", str(sub),
+    res = runner.invoke(app, ["predict", "-k", DEFAULT_CHECKPOINT, "--input", str(mini), "--out", str(sub),
                               "--tta", "none", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["segment", str(mini), "--out", str(tmp_path / "seg"), "--tta", "none", "--device", "cpu"])
