@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
                                       "postprocess.expand_px).")] = None,
     ) -> None:
         """Predict a folder or zip of images and write a validated Kaggle submission."""
+        from dsb.device import reuse_freed_memory
         from dsb.infer.pipeline import load_ensemble, predict_stage
 
         # Outputs and inputs are checked before any model is loaded or image predicted.
@@ -51,6 +52,7 @@ def register(app: typer.Typer) -> None:
         overrides = [] if rescale_area is None else [f"infer.rescale_area_px={rescale_area}"]
         if expand is not None:
             overrides.append(f"postprocess.expand_px={expand}")
+        reuse_freed_memory()
         ens = load_ensemble(checkpoint, device=device, overrides=overrides, use_filter=not no_filter)
         cfg, mode = ens.cfg, tta.value if tta is not None else None
         rescale = f", rescale to {cfg.infer.rescale_area_px:g} px nuclei" if cfg.infer.rescale_area_px else ""

@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         (one row per image). Under torchrun each process segments its share of the
         images. An image that cannot be read is reported and skipped (exit code 1 at the end).
         """
-        from dsb.device import process_group, uses_cuda
+        from dsb.device import process_group, reuse_freed_memory, uses_cuda
         from dsb.segmentation import (DEFAULT_CHECKPOINT, Segmenter, SegmentOptions, gather_results, needs_model,
                                       segment_sources, write_tables)
 
@@ -72,6 +72,7 @@ def register(app: typer.Typer) -> None:
             mine = sources[rank::world]
             segmenter = None
             if needs_model(mine, out, opts):
+                reuse_freed_memory()
                 segmenter = Segmenter.load(checkpoint or [DEFAULT_CHECKPOINT], device=device, tta=tta.value if tta else None,
                                            rescale_area_px=rescale_area)
             if rank == 0:

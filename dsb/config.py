@@ -173,7 +173,8 @@ class PostprocessConfig:
     fill_holes: bool = True
     connectivity: int = 1
     #: Grow every instance by this many pixels into the background (never into another
-    #: instance; :func:`skimage.segmentation.expand_labels`) after everything else. 0 = off.
+    #: instance; :func:`skimage.segmentation.expand_labels`) after everything else. 0 = off;
+    #: else at least 1 (the 4 neighbours); 1.5 adds the diagonal ones, 2 the next ring.
     #: For annotations drawn wider than the model's masks.
     expand_px: float = 0.0
 
@@ -198,6 +199,10 @@ class InferConfig:
     #: scale moved by more than 10% (a model trained on size-normalised nuclei sees nuclei far
     #: from its size badly at scale 1, so its first estimate is rough).
     rescale_passes: int = 1
+    #: TTA of the passes that only measure the nuclei's size (the first pass, the shrunk one,
+    #: all but the last rescaled one): ``"none"`` (one view; only the pass that is kept uses
+    #: ``tta``) or ``"same"`` (``tta``, as before this setting: with d4 about twice the time).
+    rescale_measure_tta: Literal["none", "same"] = "none"
 
 
 @dataclass
@@ -249,6 +254,11 @@ class Config:
             raise ConfigError(f"folds.n_folds: {self.folds.n_folds} is out of range; must be >= 2")
         if self.postprocess.expand_px < 0:
             raise ConfigError(f"postprocess.expand_px: must be >= 0 (0 = off), got {self.postprocess.expand_px}")
+        if 0 < self.postprocess.expand_px < 1:
+            raise ConfigError(
+                f"postprocess.expand_px: {self.postprocess.expand_px:g} would grow nothing (a pixel joins a nucleus "
+                "within that distance, and the nearest are 1 px away); use 0 (off) or at least 1"
+            )
         if self.postprocess.connectivity not in (1, 2):
             raise ConfigError(f"postprocess.connectivity: {self.postprocess.connectivity} is not allowed; must be 1 or 2")
         if self.infer.rescale_area_px < 0 or not 0 < self.infer.rescale_min <= 1.0 <= self.infer.rescale_max:

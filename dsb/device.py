@@ -23,6 +23,8 @@ torch.bfloat16
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ import torch
 from dsb.errors import ConfigError
 
 __all__ = ["AmpMode", "DistInfo", "resolve_device", "amp_dtype", "autocast", "cpu_has_native_bf16", "dist_from_env",
-           "process_group"]
+           "process_group", "reuse_freed_memory"]
 
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
 
@@ -56,6 +58,34 @@ def resolve_device(device: str | torch.device = "auto", local_rank: Optional[int
         if local_rank is not None and device.index is None:
             device = torch.device("cuda", local_rank)
     return device
+
+
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+#: Set to ``0`` to leave the C allocator as it is (:func:`reuse_freed_memory`).
+REUSE_FREED_MEMORY_ENV = "DSB_REUSE_FREED_MEMORY"
+
+
+def reuse_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory torch frees on CPU, for the next allocation.
+
+    By default glibc hands every allocation over 32 MB (a forward pass's activations are
+    hundreds) to the kernel as a fresh mapping and unmaps it when freed, so every forward
+    pass faults in and zeroes its memory again: on a 2-core CPU a third of ``dsb predict``'s
+    time went to the kernel (``benchmarks/malloc_reuse.py``). With mmap off for allocations
+    and the heap never trimmed, freed blocks are reused. The process then keeps its peak
+    memory until it exits, so the ``dsb`` commands that predict call this, not the library
+    on import. Returns whether it applied: not on other C libraries, nor when
+    ``DSB_REUSE_FREED_MEMORY=0``.
+    """
+    if os.environ.get(REUSE_FREED_MEMORY_ENV, "1").strip() == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def cpu_has_native_bf16() -> bool:

@@ -124,6 +124,8 @@ def test_every_range_is_checked_and_named():
         ("train.val_every", 0, r"train\.val_every: 0 is out of range; must be >= 1"),
         ("postprocess.mask_threshold", -0.5, r"postprocess\.mask_threshold: -0\.5 is out of range; must be in \[0, 1\]"),
         ("model.decoder_channels", [256, 0, 64, 32, 16], r"model\.decoder_channels\[1\]: 0 is out of range"),
+        ("postprocess.expand_px", 0.5, r"postprocess\.expand_px: 0\.5 would grow nothing.*at least 1"),
+        ("infer.rescale_measure_tta", "d4", r"infer\.rescale_measure_tta: 'd4' is not one of \['none', 'same'\]"),
     ],
 )
 def test_range_messages_name_key_value_and_range(key, value, message):

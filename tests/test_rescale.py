@@ -236,3 +236,66 @@ def test_the_scale_is_chosen_on_ungrown_nuclei():
     _, plain = predict_rescaled(ThresholdPredictor(), image, CHANNELS, POST, infer)
     _, grown = predict_rescaled(ThresholdPredictor(), image, CHANNELS, dataclasses.replace(POST, expand_px=3.0), infer)
     assert grown == plain == pytest.approx(2.0, abs=0.05)
+
+
+class ScoutedPredictor(ThresholdPredictor):
+    """A 'model with TTA' whose scout (the same model without TTA) records its own passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.measurer = ThresholdPredictor()
+
+    def scout(self):
+        return self.measurer
+
+
+def test_measuring_passes_go_to_the_scout_and_only_the_kept_pass_to_the_predictor():
+    image = _discs(3)  # about 29 px nuclei: measured at 1 and 0.5, measured again at 2, kept at 2
+    infer = InferConfig(rescale_area_px=29 * 4, rescale_min=0.5, rescale_max=3.0, rescale_passes=2)
+    predictor = ScoutedPredictor()
+    probs, scale = predict_rescaled(predictor, image, CHANNELS, POST, infer)
+    assert scale == pytest.approx(2.0, abs=0.05)
+    upscaled = (round(96 * scale), round(104 * scale))
+    assert predictor.measurer.shapes == [(96, 104), (48, 52), upscaled]
+    assert predictor.shapes == [upscaled]
+    # the same choices as when the predictor measures too, with the same probabilities
+    same = ScoutedPredictor()
+    probs_same, scale_same = predict_rescaled(same, image, CHANNELS, POST,
+                                              dataclasses.replace(infer, rescale_measure_tta="same"))
+    assert scale_same == scale and same.measurer.shapes == []
+    assert same.shapes == [(96, 104), (48, 52), upscaled]  # the last measuring pass is the one kept
+    np.testing.assert_array_equal(probs, probs_same)
+
+
+def test_a_kept_first_or_shrunk_pass_is_predicted_again_by_the_predictor():
+    predictor = ScoutedPredictor()  # large nuclei: the first pass is kept
+    probs, scale = predict_rescaled(predictor, _discs(12), CHANNELS, POST, InferConfig(rescale_area_px=200.0))
+    assert scale == 1.0 and predictor.measurer.shapes == [(96, 104)] and predictor.shapes == [(96, 104)]
+    # nuclei found whole only at the smallest scale: that pass is kept, made by the predictor
+    class Fragmenting(FragmentingPredictor):
+        def scout(self):
+            return self.measurer
+
+    fragmenting = Fragmenting(max_area=400)
+    fragmenting.measurer = FragmentingPredictor(max_area=400)
+    infer = InferConfig(rescale_area_px=150.0, rescale_min=0.5, rescale_max=2.0, rescale_passes=2)
+    probs, scale = predict_rescaled(fragmenting, _discs(15, size=128), CHANNELS, POST, infer)
+    assert scale == 0.5 and fragmenting.shapes == [(64, 68)]
+    assert fragmenting.measurer.shapes == [(128, 136), (64, 68)]
+    assert labels_from_probs(probs, CHANNELS, POST).max() == 4
+
+
+def test_the_scout_of_a_predictor_is_it_without_tta():
+    import torch
+
+    from dsb.infer.predict import Predictor
+
+    model = torch.nn.Conv2d(3, 1, 3, padding=1)
+    d4 = Predictor([model], CHANNELS, InferConfig(tta="d4"))
+    scout = d4.scout()
+    assert scout is d4.scout() and scout.infer_cfg.tta == "none" and len(scout.transforms) == 1
+    assert scout.models[0] is d4.models[0] and len(d4.transforms) == 8 and d4.infer_cfg.tta == "d4"
+    plain = Predictor([model], CHANNELS, InferConfig(tta="none"))
+    assert plain.scout() is plain
+    image = np.random.default_rng(0).random((24, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(scout.predict(image), plain.predict(image), atol=1e-6)

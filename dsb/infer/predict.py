@@ -27,6 +27,7 @@ How an image is predicted:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
@@ -106,6 +107,21 @@ class Predictor:
         self.max_batch_px = int(max_batch_px if max_batch_px is not None else cfg.max_full_px)
         if self.max_batch_px < 1:
             raise ValueError(f"max_batch_px must be positive, got {self.max_batch_px}")
+        self._scout: Predictor | None = None
+
+    def scout(self) -> "Predictor":
+        """This predictor without TTA (one view a pass), sharing its models and settings:
+        for passes that only measure the image (:func:`dsb.infer.rescale.predict_rescaled`).
+        ``self`` when it has no TTA."""
+        if len(self.transforms) == 1:
+            return self
+        if self._scout is None:
+            twin = copy.copy(self)
+            twin.infer_cfg = dataclasses.replace(self.infer_cfg, tta="none")
+            twin.transforms = tta_transforms("none")
+            twin._scout = twin
+            self._scout = twin
+        return self._scout
 
     @classmethod
     def from_checkpoints(

@@ -1,0 +1,106 @@
+"""What keeping freed memory (:func:`dsb.device.reuse_freed_memory`) saves ``dsb predict``.
+
+Predicts the first ``--limit`` stage-1 test images with the shipped set (its settings:
+d4 TTA, size-adaptive rescaling, postprocessing, the instance filter) through
+:func:`dsb.infer.pipeline.predict_stage`, in one process, alternating two C allocator
+settings, ``--rounds`` times each:
+
+* **glibc default** (the baseline): allocations over the (dynamic, at most 32 MB) mmap
+  threshold get fresh mappings, unmapped again when freed, so every forward pass faults
+  in and zeroes its activations;
+* **reuse**: what ``dsb predict`` and ``dsb segment`` set: no mmap for allocations, the
+  heap never trimmed, so freed blocks serve the next pass.
+
+For each: wall seconds, kernel (system) CPU seconds, minor page faults, and the resident
+memory after the round (the process's peak is also given). The first round of each
+setting includes warm-up; the ratio uses the last round of each. Usage::
+
+    python benchmarks/malloc_reuse.py [--data DIR] [--limit 8] [--rounds 2] [--checkpoint SET]
+
+Writes benchmarks/results/malloc_reuse.json; without the stage-1 test images it says so
+and exits 0. Linux with glibc only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from _common import finish, parser, peak_rss_mb, real_data_dir, skip
+from dsb.data.kaggle import open_stage
+from dsb.device import reuse_freed_memory
+from dsb.infer.pipeline import load_ensemble, predict_stage
+from dsb.segmentation import DEFAULT_CHECKPOINT
+
+# glibc's defaults (malloc.h): trim and mmap thresholds 128 KiB, up to 65,536 mappings.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_THRESHOLD: 128 * 1024, M_MMAP_MAX: 65536}
+
+
+def glibc_default(libc) -> None:
+    """Back to glibc's default thresholds (fixed, not dynamic) and give the kept heap back."""
+    for param, value in DEFAULTS.items():
+        libc.mallopt(param, value)
+    libc.malloc_trim(0)
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
+def main() -> int:
+    p = parser(__doc__, "malloc_reuse")
+    p.add_argument("--data", default=None,
+                   help="stage1_test.zip, or a folder holding it (default: $DSB_DATA or ../shared/dsb2018)")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    p.add_argument("--limit", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+
+    test = real_data_dir(args.data)
+    test = test / "stage1_test.zip" if test is not None and test.is_dir() else test
+    if test is None or not test.exists():
+        skip("malloc_reuse", f"no stage-1 test images ({test or args.data or '$DSB_DATA, ../shared/dsb2018'})", args.out)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    stage = open_stage(test, labels=None)
+    ids = stage.image_ids[: args.limit]
+    ens = load_ensemble([args.checkpoint], device="cpu")
+    print(f"{len(ids)} images from {test}; {args.checkpoint}, TTA {ens.cfg.infer.tta}")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for setting in ("glibc default", "reuse"):
+                if setting == "reuse":
+                    if not reuse_freed_memory():
+                        skip("malloc_reuse", "reuse_freed_memory() did not apply (not glibc?)", args.out)
+                else:
+                    glibc_default(libc)
+                before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                summary = predict_stage(ens.models, ens.cfg, stage, Path(tmp) / "sub.csv", device="cpu", image_ids=ids,
+                                        instance_filter=ens.instance_filter)
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                rows.append({"setting": setting, "round": round_, "wall_s": time.perf_counter() - t0,
+                             "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
+                             "minor_faults": after.ru_minflt - before.ru_minflt, "rss_mb_after": rss_mb(),
+                             "nuclei": summary.n_nuclei})
+                r = rows[-1]
+                print(f"round {round_} {setting:>14}: wall {r['wall_s']:7.1f} s  system {r['system_s']:6.1f} s  "
+                      f"user {r['user_s']:7.1f} s  minor faults {r['minor_faults']:>10,}  RSS {r['rss_mb_after']:6.0f} MB  "
+                      f"{r['nuclei']} nuclei", flush=True)
+    last = {r["setting"]: r for r in rows if r["round"] == args.rounds - 1}
+    ratio = last["reuse"]["wall_s"] / last["glibc default"]["wall_s"]
+    print(f"\nreuse / glibc default (round {args.rounds - 1}): wall x{ratio:.2f}, "
+          f"system {last['reuse']['system_s']:.1f} vs {last['glibc default']['system_s']:.1f} s; "
+          f"peak RSS of the process {peak_rss_mb():.0f} MB")
+    return finish({"benchmark": "malloc_reuse", "checkpoint": args.checkpoint, "data": str(test),
+                   "n_images": len(ids), "rows": rows, "wall_ratio_reuse_vs_default": ratio,
+                   "peak_rss_mb": peak_rss_mb()}, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
