@@ -40,8 +40,11 @@ def _peak_rss_gb() -> float:
 def _worker(args) -> dict:
     import numpy as np
 
+    from dsb.device import reuse_freed_memory
     from dsb.segmentation import Segmenter, SegmentOptions, segment_sources, write_tables
 
+    if args.mode == "segment":
+        reuse_freed_memory()  # as `dsb segment` does
     segmenter = Segmenter.load(args.checkpoint, device="cpu", tta=args.tta)
     cfg = segmenter.cfg
     diameter = segmenter.target_diameter_px if args.workload == "big" else None

@@ -12,7 +12,9 @@ nuclei are, and the image is predicted again at
 ``RESCALE_TOLERANCE`` (10%) of the current one keep the current pass. With
 ``infer.rescale_passes > 1`` the area is measured again on the rescaled prediction and the
 image re-predicted while the scale still moves by more than that. Off when
-``infer.rescale_area_px`` is 0.
+``infer.rescale_area_px`` is 0. The passes that only measure (every one but the pass that
+is returned) are made without TTA unless ``infer.rescale_measure_tta`` is ``"same"``: with
+d4 that halves the time of a rescaled image at the same mAP on held-out images.
 
 Nuclei far larger than the network's view come out of the first pass as small fragments,
 which ask for an upscale (or a too-small downscale) that loses them entirely (stage-1 test
