@@ -299,3 +299,12 @@ def test_the_scout_of_a_predictor_is_it_without_tta():
     assert plain.scout() is plain
     image = np.random.default_rng(0).random((24, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(scout.predict(image), plain.predict(image), atol=1e-6)
+
+
+def test_a_first_pass_kept_after_the_look_at_the_smallest_scale_is_not_predicted_again():
+    image = _discs(8)  # about 200 px nuclei: the standard size, not fragments at 0.5
+    infer = InferConfig(rescale_area_px=200.0, rescale_min=0.5, rescale_max=2.0, rescale_passes=2)
+    predictor = ThresholdPredictor()  # no scout: it measures and predicts
+    probs, scale = predict_rescaled(predictor, image, CHANNELS, POST, infer)
+    assert scale == 1.0 and predictor.shapes == [(96, 104), (48, 52)]
+    np.testing.assert_array_equal(probs, image[None, :, :, 0])  # the first pass, not the shrunk one

@@ -153,12 +153,15 @@ def predict_rescaled(
     if scout is None:
         measure_alone = infer.rescale_measure_tta == "none" and hasattr(predictor, "scout")
         scout = predictor.scout() if measure_alone else predictor
-    # The scout's predictions, by scale, when they are also the predictor's (nothing to redo).
+    # The scout's predictions, by scale, when they are also the predictor's (nothing to redo):
+    # the first pass's and the latest one's, the only ones that can be returned.
     reusable: dict[float, np.ndarray] = {}
 
     def scouted(scale: float) -> np.ndarray:
         probs = predict_at_scale(scout, image, scale)
         if scout is predictor:
+            for older in [s for s in reusable if s != 1.0]:
+                del reusable[older]
             reusable[scale] = probs
         return probs
 
