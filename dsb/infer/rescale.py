@@ -136,23 +136,21 @@ def predict_rescaled(
     channels: Sequence[str],
     post: PostprocessConfig,
     infer: InferConfig,
-    scout=None,
 ) -> tuple[np.ndarray, float]:
     """Probabilities (``K x H x W``, on ``image``'s grid) and the scale they were predicted at.
 
     ``predictor`` is a :class:`dsb.infer.Predictor`; ``image`` is ``H x W x C`` float in
     [0, 1]. With ``infer.rescale_area_px == 0`` this is one ``predictor.predict(image)``.
-    ``scout`` (default: ``predictor.scout()`` when ``infer.rescale_measure_tta`` is
-    ``"none"``, else ``predictor``) makes the passes that only measure the nuclei's size
-    (the first one, the shrunk one, all but the last rescaled one); ``predictor`` then makes
-    only the pass that is returned. A scout without TTA measures nearly as well for a
-    fraction of the time: with d4 TTA every measuring pass costs eight forward passes.
+    With ``infer.rescale_measure_tta == "none"`` the passes that only measure the nuclei's
+    size (the first one, the shrunk one, all but the last rescaled one) are made by
+    ``predictor.scout()`` (the same models without TTA; predictors without ``scout`` measure
+    themselves), and ``predictor`` makes only the pass that is returned: with d4 TTA every
+    measuring pass would cost eight forward passes.
     """
     if not infer.rescale_area_px:
         return predictor.predict(image), 1.0
-    if scout is None:
-        measure_alone = infer.rescale_measure_tta == "none" and hasattr(predictor, "scout")
-        scout = predictor.scout() if measure_alone else predictor
+    measure_alone = infer.rescale_measure_tta == "none" and hasattr(predictor, "scout")
+    scout = predictor.scout() if measure_alone else predictor
     # The scout's predictions, by scale, when they are also the predictor's (nothing to redo):
     # the first pass's and the latest one's, the only ones that can be returned.
     reusable: dict[float, np.ndarray] = {}
