@@ -13,12 +13,18 @@ settings, ``--rounds`` times each:
 
 For each: wall seconds, kernel (system) CPU seconds, minor page faults, and the resident
 memory after the round (the process's peak is also given). The first round of each
-setting includes warm-up; the ratio uses the last round of each. Usage::
+setting includes warm-up; the ratio uses the last round of each.
+
+``--train STEPS`` times ``dsb train``'s step instead (the model, AdamW, the loss, gradient
+clipping and EMA update of ``--config``, in its training precision, on random batches of
+its crop size; data loading aside, which runs in worker processes): ``STEPS`` optimiser
+steps per setting and round. Usage::
 
     python benchmarks/malloc_reuse.py [--data DIR] [--limit 8] [--rounds 2] [--checkpoint SET]
+    python benchmarks/malloc_reuse.py --train 16 [--config configs/unetpp_cpu_grouped.yaml]
 
-Writes benchmarks/results/malloc_reuse.json; without the stage-1 test images it says so
-and exits 0. Linux with glibc only.
+Writes benchmarks/results/malloc_reuse.json (``malloc_reuse_train.json`` with ``--train``);
+without the stage-1 test images the prediction mode says so and exits 0. Linux with glibc only.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from dsb.device import reuse_freed_memory
 from dsb.infer.pipeline import load_ensemble, predict_stage
 from dsb.segmentation import DEFAULT_CHECKPOINT
 
+DEFAULT_CONFIG = "configs/unetpp_cpu_grouped.yaml"
+
 # glibc's defaults (malloc.h): trim and mmap thresholds 128 KiB, up to 65,536 mappings.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_THRESHOLD: 128 * 1024, M_MMAP_MAX: 65536}
@@ -52,6 +60,47 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
 
 
+def train_step_runner(config: str):
+    """``run(steps)``: that many of ``dsb train``'s optimiser steps; returns the images trained."""
+    import torch
+
+    from dsb.config import load_config
+    from dsb.device import amp_dtype, autocast
+    from dsb.models.unetpp import build_model
+    from dsb.train import SegLoss, update_ema
+
+    cfg = load_config(config)
+    device = torch.device("cpu")
+    precision = amp_dtype(cfg.train.amp, device, training=True)
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = build_model(cfg).to(memory_format=memory_format).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema_decay or 0.99))
+    loss_fn = SegLoss(cfg.loss.channel_weights, cfg.loss.bce_weight, cfg.loss.dice_weight)
+    batch, size, channels = cfg.train.batch_size, cfg.augment.crop_px, len(cfg.targets.channels)
+    print(f"train steps of {config}: batch {batch} x 3 x {size}^2, precision {precision or 'fp32'}, "
+          f"{torch.get_num_threads()} threads")
+
+    def run(steps: int) -> int:
+        for _ in range(steps):
+            images = torch.rand(batch, 3, size, size).to(memory_format=memory_format)  # a fresh batch, as loaded
+            targets = (torch.rand(batch, channels, size, size) > 0.7).float()
+            with autocast(device, precision):
+                outputs = model(images)
+            loss = loss_fn(outputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or 1.0)
+            optimizer.step()
+            update_ema(ema, model)
+        return steps * batch
+
+    run(1)  # warm-up: oneDNN primitives, optimiser state
+    return run
+
+
 def main() -> int:
     p = parser(__doc__, "malloc_reuse")
     p.add_argument("--data", default=None,
@@ -59,13 +108,20 @@ def main() -> int:
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     p.add_argument("--limit", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--train", type=int, default=0, metavar="STEPS",
+                   help="time STEPS training steps of --config per setting and round instead of prediction")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="the training config for --train")
     args = p.parse_args()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if args.train:
+        if args.out == p.get_default("out"):
+            args.out = args.out.with_name("malloc_reuse_train.json")
+        return main_train(args, libc)
 
     test = real_data_dir(args.data)
     test = test / "stage1_test.zip" if test is not None and test.is_dir() else test
     if test is None or not test.exists():
         skip("malloc_reuse", f"no stage-1 test images ({test or args.data or '$DSB_DATA, ../shared/dsb2018'})", args.out)
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     stage = open_stage(test, labels=None)
     ids = stage.image_ids[: args.limit]
     ens = load_ensemble([args.checkpoint], device="cpu")
@@ -100,6 +156,37 @@ def main() -> int:
     return finish({"benchmark": "malloc_reuse", "checkpoint": args.checkpoint, "data": str(test),
                    "n_images": len(ids), "rows": rows, "wall_ratio_reuse_vs_default": ratio,
                    "peak_rss_mb": peak_rss_mb()}, args.out)
+
+
+def main_train(args, libc) -> int:
+    out = args.out
+    run = train_step_runner(args.config)
+    rows = []
+    for round_ in range(args.rounds):
+        for setting in ("glibc default", "reuse"):
+            if setting == "reuse":
+                if not reuse_freed_memory():
+                    skip("malloc_reuse", "reuse_freed_memory() did not apply (not glibc?)", out)
+            else:
+                glibc_default(libc)
+            before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            images = run(args.train)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            wall = time.perf_counter() - t0
+            rows.append({"setting": setting, "round": round_, "wall_s": wall, "images_per_s": images / wall,
+                         "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
+                         "minor_faults": after.ru_minflt - before.ru_minflt, "rss_mb_after": rss_mb()})
+            r = rows[-1]
+            print(f"round {round_} {setting:>14}: {r['images_per_s']:5.2f} img/s  wall {wall:6.1f} s  system "
+                  f"{r['system_s']:5.1f} s  user {r['user_s']:6.1f} s  minor faults {r['minor_faults']:>10,}  "
+                  f"RSS {r['rss_mb_after']:6.0f} MB", flush=True)
+    last = {r["setting"]: r for r in rows if r["round"] == args.rounds - 1}
+    ratio = last["reuse"]["wall_s"] / last["glibc default"]["wall_s"]
+    print(f"\nreuse / glibc default (round {args.rounds - 1}): wall x{ratio:.2f}, "
+          f"system {last['reuse']['system_s']:.1f} vs {last['glibc default']['system_s']:.1f} s; "
+          f"peak RSS of the process {peak_rss_mb():.0f} MB")
+    return finish({"benchmark": "malloc_reuse_train", "config": args.config, "steps": args.train, "rows": rows,
+                   "wall_ratio_reuse_vs_default": ratio, "peak_rss_mb": peak_rss_mb()}, out)
 
 
 if __name__ == "__main__":
