@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from dsb.config import load_config, override_config
-from dsb.data.folds import load_folds
+from dsb.data.folds import load_folds, parse_folds
 from dsb.errors import CheckpointError
 from dsb.evaluate import EvaluationReport, evaluate_run
 from dsb.models.checkpoint import load_model, save_checkpoint
@@ -32,6 +33,33 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def folds_of_command(command: str, n_folds: int) -> list[int]:
+    """The folds a recorded ``dsb train`` command trained (``run.json``): ``--fold K``,
+    ``--folds SPEC``, none for ``--full``, fold 0 when it names none (the command's default).
+
+    >>> folds_of_command("dsb train --config c.yaml --fold 2 --run-dir r", 4)
+    [2]
+    >>> folds_of_command("dsb train --folds all", 4), folds_of_command("dsb train --full", 4)
+    ([0, 1, 2, 3], [])
+    """
+    tokens = shlex.split(command)
+    if "--full" in tokens:
+        return []
+    for i, token in enumerate(tokens):
+        name, _, value = token.partition("=")
+        if name in ("--fold", "--folds"):
+            value = value or (tokens[i + 1] if i + 1 < len(tokens) else "")
+            return parse_folds(value, n_folds) or []
+    return [0]
+
+
+def _commands_behind(run_info: dict, folds: Sequence[int], n_folds: int) -> list[str]:
+    """The recorded training commands that trained any of ``folds`` (oldest first): a fold
+    still training, or trained but not shipped or scored, is not behind the set or its estimate."""
+    commands = [c for c in run_info.get("commands", [run_info.get("command")]) if c]
+    return [c for c in commands if set(folds_of_command(c, n_folds)) & set(folds)]
 
 
 def _first_stage(init_run: Path) -> dict:
@@ -110,14 +138,18 @@ def export_run(
         run_info = run.read_record()
         if oof_map is None:
             oof_map = run.read_tuned().get("oof_map")
+        # The fold models behind the set (shipped) or behind its estimate (scored out of fold).
+        fold_keys = [k for k in keys if k is not None] if not full else (
+            sorted(held_out_map) if held_out_map is not None else sorted(run.trained_folds()))
+        fold_commands = _commands_behind(run_info, fold_keys, run_cfg.folds.n_folds)
         manifest = {
             "name": name,
             "run": str(run_dir),
-            "command": run_info.get("full", {}).get("command") if full else run_info.get("command"),
-            **({"commands": run_info["commands"]} if "commands" in run_info and not full else {}),
-            **({"cross_validation_command": run_info.get("command"),
-                # every command that trained a fold (the latest is cross_validation_command)
-                "cross_validation_commands": run_info.get("commands", [run_info.get("command")]),
+            "command": run_info.get("full", {}).get("command") if full else (fold_commands or [None])[-1],
+            **({"commands": fold_commands} if "commands" in run_info and not full else {}),
+            **({"cross_validation_command": (fold_commands or [None])[-1],
+                # every command that trained a fold of the estimate (the latest is cross_validation_command)
+                "cross_validation_commands": fold_commands,
                 "oof_map_is": "the out-of-fold mAP of the same recipe's fold models (an estimate for this model, "
                               "which saw every image)"} if full else {}),
             "folds": shipped,

@@ -258,13 +258,17 @@ def test_full_data_model_joins_the_run_and_ships(trained_run, tmp_path):
     assert [r["epoch"] for r in history] == [0, 1, 2] and all(r["val_map"] is None for r in history)
     assert (run / "full" / "best.pt").is_file() and not (run / "full" / "oof").exists()
 
+    # A fold still training (recorded, no model yet) is not behind the estimate the manifest records.
+    from dsb.train import record_run
+
+    record_run(run, [1], f"dsb train --config {cfg_path} --fold 1 --run-dir {run}", resumed=False)
     weights = tmp_path / "weights"
     res = runner.invoke(app, ["export", str(run), "whole", "--full", "--weights-dir", str(weights)])
     assert res.exit_code == 0, res.output
     manifest = json.loads((weights / "whole" / "manifest.json").read_text())
     assert [f["file"] for f in manifest["folds"]] == ["full.pt"]
     assert manifest["command"] == info["full"]["command"] and manifest["cross_validation_command"] == info["command"]
-    assert manifest["cross_validation_commands"] == [info["command"]]
+    assert manifest["cross_validation_commands"] == [info["command"]] and list(manifest["held_out_map_per_fold"]) == ["0"]
     oof = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)
     assert manifest["oof_map"] == pytest.approx(oof["map"], abs=1e-9)
     # The CV run's own artefacts are untouched: evaluating and predicting use the folds only.
