@@ -101,6 +101,43 @@ def train_step_runner(config: str):
     return run
 
 
+def alternate(libc, rounds: int, out: Path, work) -> list[dict]:
+    """``work()`` (returns a dict of its own figures) under both settings, alternating,
+    ``rounds`` times each; a row per call with its wall, kernel and user seconds, minor page
+    faults and the resident memory after it. Prints each row."""
+    rows = []
+    for round_ in range(rounds):
+        for setting in ("glibc default", "reuse"):
+            if setting == "reuse":
+                if not reuse_freed_memory():
+                    skip("malloc_reuse", "reuse_freed_memory() did not apply (not glibc?)", out)
+            else:
+                glibc_default(libc)
+            before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            figures = work()
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            r = {"setting": setting, "round": round_, "wall_s": time.perf_counter() - t0,
+                 "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
+                 "minor_faults": after.ru_minflt - before.ru_minflt, "rss_mb_after": rss_mb(), **figures}
+            rows.append(r)
+            shown = "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+            print(f"round {round_} {setting:>14}: wall {r['wall_s']:7.1f} s  system {r['system_s']:6.1f} s  "
+                  f"user {r['user_s']:7.1f} s  minor faults {r['minor_faults']:>10,}  RSS {r['rss_mb_after']:6.0f} MB  "
+                  f"{shown}", flush=True)
+    return rows
+
+
+def last_round_ratio(rows: list[dict]) -> float:
+    """Wall time of reuse over glibc's default in the last round (the first includes warm-up); printed."""
+    last_round = max(r["round"] for r in rows)
+    last = {r["setting"]: r for r in rows if r["round"] == last_round}
+    ratio = last["reuse"]["wall_s"] / last["glibc default"]["wall_s"]
+    print(f"\nreuse / glibc default (round {last_round}): wall x{ratio:.2f}, "
+          f"system {last['reuse']['system_s']:.1f} vs {last['glibc default']['system_s']:.1f} s; "
+          f"peak RSS of the process {peak_rss_mb():.0f} MB")
+    return ratio
+
+
 def main() -> int:
     p = parser(__doc__, "malloc_reuse")
     p.add_argument("--data", default=None,
@@ -116,7 +153,14 @@ def main() -> int:
     if args.train:
         if args.out == p.get_default("out"):
             args.out = args.out.with_name("malloc_reuse_train.json")
-        return main_train(args, libc)
+        run = train_step_runner(args.config)
+        rows = alternate(libc, args.rounds, args.out, lambda: {"images": run(args.train)})
+        for r in rows:
+            r["images_per_s"] = r["images"] / r["wall_s"]
+        print("images/s: " + ", ".join(f"{r['setting']} {r['images_per_s']:.2f}" for r in rows))
+        ratio = last_round_ratio(rows)
+        return finish({"benchmark": "malloc_reuse_train", "config": args.config, "steps": args.train, "rows": rows,
+                       "wall_ratio_reuse_vs_default": ratio, "peak_rss_mb": peak_rss_mb()}, args.out)
 
     test = real_data_dir(args.data)
     test = test / "stage1_test.zip" if test is not None and test.is_dir() else test
@@ -127,66 +171,17 @@ def main() -> int:
     ens = load_ensemble([args.checkpoint], device="cpu")
     print(f"{len(ids)} images from {test}; {args.checkpoint}, TTA {ens.cfg.infer.tta}")
 
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for setting in ("glibc default", "reuse"):
-                if setting == "reuse":
-                    if not reuse_freed_memory():
-                        skip("malloc_reuse", "reuse_freed_memory() did not apply (not glibc?)", args.out)
-                else:
-                    glibc_default(libc)
-                before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-                summary = predict_stage(ens.models, ens.cfg, stage, Path(tmp) / "sub.csv", device="cpu", image_ids=ids,
-                                        instance_filter=ens.instance_filter)
-                after = resource.getrusage(resource.RUSAGE_SELF)
-                rows.append({"setting": setting, "round": round_, "wall_s": time.perf_counter() - t0,
-                             "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
-                             "minor_faults": after.ru_minflt - before.ru_minflt, "rss_mb_after": rss_mb(),
-                             "nuclei": summary.n_nuclei})
-                r = rows[-1]
-                print(f"round {round_} {setting:>14}: wall {r['wall_s']:7.1f} s  system {r['system_s']:6.1f} s  "
-                      f"user {r['user_s']:7.1f} s  minor faults {r['minor_faults']:>10,}  RSS {r['rss_mb_after']:6.0f} MB  "
-                      f"{r['nuclei']} nuclei", flush=True)
-    last = {r["setting"]: r for r in rows if r["round"] == args.rounds - 1}
-    ratio = last["reuse"]["wall_s"] / last["glibc default"]["wall_s"]
-    print(f"\nreuse / glibc default (round {args.rounds - 1}): wall x{ratio:.2f}, "
-          f"system {last['reuse']['system_s']:.1f} vs {last['glibc default']['system_s']:.1f} s; "
-          f"peak RSS of the process {peak_rss_mb():.0f} MB")
+        def predict() -> dict:
+            summary = predict_stage(ens.models, ens.cfg, stage, Path(tmp) / "sub.csv", device="cpu", image_ids=ids,
+                                    instance_filter=ens.instance_filter)
+            return {"nuclei": summary.n_nuclei}
+
+        rows = alternate(libc, args.rounds, args.out, predict)
+    ratio = last_round_ratio(rows)
     return finish({"benchmark": "malloc_reuse", "checkpoint": args.checkpoint, "data": str(test),
                    "n_images": len(ids), "rows": rows, "wall_ratio_reuse_vs_default": ratio,
                    "peak_rss_mb": peak_rss_mb()}, args.out)
-
-
-def main_train(args, libc) -> int:
-    out = args.out
-    run = train_step_runner(args.config)
-    rows = []
-    for round_ in range(args.rounds):
-        for setting in ("glibc default", "reuse"):
-            if setting == "reuse":
-                if not reuse_freed_memory():
-                    skip("malloc_reuse", "reuse_freed_memory() did not apply (not glibc?)", out)
-            else:
-                glibc_default(libc)
-            before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            images = run(args.train)
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            wall = time.perf_counter() - t0
-            rows.append({"setting": setting, "round": round_, "wall_s": wall, "images_per_s": images / wall,
-                         "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
-                         "minor_faults": after.ru_minflt - before.ru_minflt, "rss_mb_after": rss_mb()})
-            r = rows[-1]
-            print(f"round {round_} {setting:>14}: {r['images_per_s']:5.2f} img/s  wall {wall:6.1f} s  system "
-                  f"{r['system_s']:5.1f} s  user {r['user_s']:6.1f} s  minor faults {r['minor_faults']:>10,}  "
-                  f"RSS {r['rss_mb_after']:6.0f} MB", flush=True)
-    last = {r["setting"]: r for r in rows if r["round"] == args.rounds - 1}
-    ratio = last["reuse"]["wall_s"] / last["glibc default"]["wall_s"]
-    print(f"\nreuse / glibc default (round {args.rounds - 1}): wall x{ratio:.2f}, "
-          f"system {last['reuse']['system_s']:.1f} vs {last['glibc default']['system_s']:.1f} s; "
-          f"peak RSS of the process {peak_rss_mb():.0f} MB")
-    return finish({"benchmark": "malloc_reuse_train", "config": args.config, "steps": args.train, "rows": rows,
-                   "wall_ratio_reuse_vs_default": ratio, "peak_rss_mb": peak_rss_mb()}, out)
 
 
 if __name__ == "__main__":
