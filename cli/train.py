@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         out-of-fold score estimates it); give it the cross-validation run's folder.
         """
         from dsb.data.samples import load_samples
-        from dsb.device import process_group
+        from dsb.device import process_group, reuse_freed_memory
         from dsb.train import check_run_config, check_run_start, record_run, train_fold
 
         overrides = list(set_ or [])
@@ -109,6 +109,7 @@ def register(app: typer.Typer) -> None:
                 check_run_start(cfg, run_dir, samples)
                 console.print(f"[bold]run[/] {run_dir}  {'full data' if full else f'folds {chosen}'}  config {cfg.name}")
                 record_run(run_dir, chosen, _command_line(ctx), resumed=resume is not None)
+            reuse_freed_memory()  # each step's activations reuse the last one's memory (benchmarks/malloc_reuse.py --train)
             results = []
             for k in chosen:
                 with Progress(

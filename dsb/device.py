@@ -73,10 +73,10 @@ def reuse_freed_memory() -> bool:
     hundreds) to the kernel as a fresh mapping and unmaps it when freed, so every forward
     pass faults in and zeroes its memory again: on a 2-core CPU a third of ``dsb predict``'s
     time went to the kernel (``benchmarks/malloc_reuse.py``). With mmap off for allocations
-    and the heap never trimmed, freed blocks are reused. The process then keeps its peak
-    memory until it exits, so the ``dsb`` commands that predict call this, not the library
-    on import. Returns whether it applied: not on other C libraries, nor when
-    ``DSB_REUSE_FREED_MEMORY=0``.
+    and the heap never trimmed, freed blocks are reused (a training step gains about as much:
+    ``malloc_reuse.py --train``). The process then keeps its peak memory until it exits, so
+    ``dsb train``, ``dsb predict`` and ``dsb segment`` call this, not the library on import.
+    Returns whether it applied: not on other C libraries, nor when ``DSB_REUSE_FREED_MEMORY=0``.
     """
     if os.environ.get(REUSE_FREED_MEMORY_ENV, "1").strip() == "0":
         return False
