@@ -15,9 +15,9 @@ For each: wall seconds, kernel (system) CPU seconds, minor page faults, and the 
 memory after the round (the process's peak is also given). The first round of each
 setting includes warm-up; the ratio uses the last round of each.
 
-``--train STEPS`` times ``dsb train``'s step instead (the model, AdamW, the loss, gradient
-clipping and EMA update of ``--config``, in its training precision, on random batches of
-its crop size; data loading aside, which runs in worker processes): ``STEPS`` optimiser
+``--train STEPS`` times ``dsb train``'s step instead (:class:`dsb.train.Optimisation` of
+``--config``'s model, in its training precision, on random batches of its crop size; data
+loading aside, which runs in worker processes): ``STEPS`` optimiser
 steps per setting and round. Usage::
 
     python benchmarks/malloc_reuse.py [--data DIR] [--limit 8] [--rounds 2] [--checkpoint SET]
@@ -65,9 +65,9 @@ def train_step_runner(config: str):
     import torch
 
     from dsb.config import load_config
-    from dsb.device import amp_dtype, autocast
+    from dsb.device import amp_dtype
     from dsb.models.unetpp import build_model
-    from dsb.train import SegLoss, update_ema
+    from dsb.train import Optimisation
 
     cfg = load_config(config)
     device = torch.device("cpu")
@@ -75,10 +75,7 @@ def train_step_runner(config: str):
     torch.manual_seed(0)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = build_model(cfg).to(memory_format=memory_format).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema_decay or 0.99))
-    loss_fn = SegLoss(cfg.loss.channel_weights, cfg.loss.bce_weight, cfg.loss.dice_weight)
+    opt = Optimisation.for_model(cfg, model, device, precision, steps_per_epoch=cfg.train.steps_per_epoch or 32)
     batch, size, channels = cfg.train.batch_size, cfg.augment.crop_px, len(cfg.targets.channels)
     print(f"train steps of {config}: batch {batch} x 3 x {size}^2, precision {precision or 'fp32'}, "
           f"{torch.get_num_threads()} threads")
@@ -87,14 +84,7 @@ def train_step_runner(config: str):
         for _ in range(steps):
             images = torch.rand(batch, 3, size, size).to(memory_format=memory_format)  # a fresh batch, as loaded
             targets = (torch.rand(batch, channels, size, size) > 0.7).float()
-            with autocast(device, precision):
-                outputs = model(images)
-            loss = loss_fn(outputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or 1.0)
-            optimizer.step()
-            update_ema(ema, model)
+            opt.step(model, images, targets)
         return steps * batch
 
     run(1)  # warm-up: oneDNN primitives, optimiser state

@@ -168,6 +168,58 @@ def update_ema(ema: torch.optim.swa_utils.AveragedModel, model: nn.Module) -> No
 
 # ----------------------------------------------------------------------------- training
 @dataclass
+class Optimisation:
+    """What a training step needs beside the model and its batch: the optimiser and its
+    schedule, the loss scaler (fp16), the EMA of the weights and the loss, made from the
+    config by :meth:`for_model`; :meth:`step` is one optimiser step (``dsb train``'s, and
+    what ``benchmarks/malloc_reuse.py --train`` times)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: Optional[torch.optim.swa_utils.AveragedModel]
+    loss_fn: nn.Module
+    device: torch.device
+    precision: Optional[torch.dtype]
+    grad_clip: float
+
+    @classmethod
+    def for_model(cls, cfg: Config, model: nn.Module, device: torch.device, precision: Optional[torch.dtype],
+                  steps_per_epoch: int) -> "Optimisation":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        ema = None
+        if cfg.train.ema_decay > 0:
+            ema = torch.optim.swa_utils.AveragedModel(
+                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema_decay)
+            )
+        return cls(
+            model=model, optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg, steps_per_epoch),
+            scaler=torch.amp.GradScaler(device.type, enabled=(precision == torch.float16)), ema=ema,
+            loss_fn=SegLoss(cfg.loss.channel_weights, cfg.loss.bce_weight, cfg.loss.dice_weight).to(device),
+            device=device, precision=precision, grad_clip=cfg.train.grad_clip,
+        )
+
+    def step(self, net: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Forward ``images`` through ``net`` (the model, or its DistributedDataParallel
+        wrapper), backward, clip, step the optimiser, the schedule and the EMA; the loss."""
+        with autocast(self.device, self.precision):
+            outputs = net(images)
+        loss = self.loss_fn(outputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            update_ema(self.ema, self.model)
+        return loss.detach()
+
+
+@dataclass
 class EpochRecord:
     epoch: int
     loss: float
@@ -377,15 +429,8 @@ def train_fold(
         )
     loader_kwargs = dict(batch_size=batch, shuffle=False, sampler=sampler, drop_last=True,
                          num_workers=cfg.train.num_workers, persistent_workers=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg, steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=(precision == torch.float16))
-    ema = None
-    if cfg.train.ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema_decay)
-        )
-    loss_fn = SegLoss(cfg.loss.channel_weights, cfg.loss.bce_weight, cfg.loss.dice_weight).to(device)
+    opt = Optimisation.for_model(cfg, model, device, precision, steps)
+    optimizer, scheduler, scaler, ema = opt.optimizer, opt.scheduler, opt.scaler, opt.ema
 
     start_epoch, best_map, best_epoch = 0, -1.0, -1
     history: list[EpochRecord] = []
@@ -426,20 +471,8 @@ def train_fold(
         for step, (images, targets) in enumerate(loader):
             images = images.to(device, non_blocking=True).to(memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
-            with autocast(device, precision):
-                outputs = net(images)
-            loss = loss_fn(outputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                update_ema(ema, model)
-            loss_sum += float(loss.detach()) * images.shape[0]
+            loss = opt.step(net, images, targets)
+            loss_sum += float(loss) * images.shape[0]
             seen += images.shape[0]
             if on_step is not None and dist.is_main:
                 on_step(epoch, step + 1, steps, loss_sum / seen, seen * dist.world_size / (time.perf_counter() - t0))
