@@ -6,7 +6,7 @@ from dsb.config import Config, config_from_dict, load_config, save_config
 from dsb.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-REPO_CONFIGS = ["configs/demo.yaml", "configs/unetpp_cpu.yaml", "configs/unetpp_gpu.yaml"]
+REPO_CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.yaml"))
 
 
 def test_defaults_are_valid():

@@ -74,6 +74,27 @@ def test_the_set_is_complete_and_within_40_mb(manifest):
     assert resolve_checkpoints([SHIPPED]) == [SET_DIR / f["file"] for f in manifest["folds"]]
 
 
+def test_the_nostain_config_is_the_shipped_recipe(manifest):
+    """configs/unetpp_cpu_nostain.yaml is the grouped config with the --set overrides the
+    manifest records for the shipped set, so training from it reproduces the set."""
+    import shlex
+
+    from dsb.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    words = shlex.split(manifest["command"])
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    assert sorted(s.split("=")[0] for s in sets if s.startswith("augment.")) == sorted(f"augment.p_{k}" for k in PHOTOMETRIC)
+    recorded = load_config(repo / "configs/unetpp_cpu_grouped.yaml", sets)
+    recipe = load_config(repo / "configs/unetpp_cpu_nostain.yaml")
+    assert recipe.name == "unetpp_cpu_nostain"
+    recipe.name = recorded.name
+    assert recipe == recorded
+    # and the shipped set was trained with it (export overrides only infer and postprocess)
+    for section in ("folds", "model", "targets", "augment", "loss", "train"):
+        assert manifest["config"][section] == getattr(recipe, section).__dict__, section
+
+
 def test_weights_are_half_precision_and_load(manifest):
     from dsb.models.checkpoint import load_model
 
