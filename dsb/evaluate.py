@@ -30,7 +30,7 @@ from dsb.data.samples import load_samples
 from dsb.errors import ConfigError, DataError
 from dsb.metrics import THRESHOLDS, DatasetScore, ImageScore, image_score
 from dsb.postprocess import grow_labels, labels_from_probs
-from dsb.postprocess.filter import InstanceFilter, instance_features, instance_ious
+from dsb.postprocess.filter import InstanceFilter, drop_instances, instance_features, instance_ious
 from dsb.probmaps import dequantise_probs
 from dsb.rundir import RunDir, load_run_config
 from dsb.utils import atomic_write
@@ -403,8 +403,7 @@ def fit_instance_filter(
     def score_with(threshold: float) -> float:
         scores = []
         for item, pred, predicted in zip(items, preds, honest):
-            keep = np.concatenate([[False], predicted >= threshold]) if threshold > 0 else None
-            kept = pred if keep is None else (np.cumsum(keep) * keep).astype(np.int32)[pred]
+            kept = drop_instances(pred, predicted, threshold) if len(predicted) else pred
             scores.append(image_score(item.truth, grow_labels(kept, grow)).score)
         return float(np.mean(scores))
 

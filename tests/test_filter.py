@@ -92,7 +92,8 @@ def test_the_filter_runs_before_the_growth_of_expand_px():
     labels = filtered_labels(probs, ["body"], post, keep_confident)
     plain = labels_from_probs(probs, ["body"], dataclasses.replace(post, expand_px=0.0))
     assert labels.max() == 2 and np.count_nonzero(labels) > 1.4 * np.count_nonzero(plain)
-    assert keep_confident.apply(labels_from_probs(probs, ["body"], post), probs).max() == 0  # grown first: lost
+    grown_first = labels_from_probs(probs, ["body"], post)
+    assert (keep_confident.predict_iou(grown_first, probs) < keep_confident.threshold).all()  # grown first: rejected
     # without a filter it is labels_from_probs itself
     np.testing.assert_array_equal(filtered_labels(probs, ["body"], post, None), labels_from_probs(probs, ["body"], post))
 
@@ -104,3 +105,25 @@ def test_filter_fitted_for_grown_nuclei_still_drops_the_specks():
     items = [_item(rng, i) for i in range(20)]
     result = fit_instance_filter(items, ["body"], dataclasses.replace(POST, expand_px=1.0))
     assert result.map_after > result.map_before + 0.1 and result.filter.threshold > 0
+
+
+def test_the_filter_never_empties_an_image():
+    """Every image holds nuclei and an empty prediction scores 0 on it: where the filter would
+    reject every instance of an image it keeps them all; otherwise it drops the rejected ones."""
+    from scipy import ndimage
+
+    from dsb.postprocess.filter import InstanceFilter
+
+    class MeanProbFilter(InstanceFilter):
+        def predict_iou(self, label_map, probs):
+            return np.asarray(ndimage.mean(probs[0], label_map, np.arange(1, label_map.max() + 1)))
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[4:12, 4:12], labels[20:30, 20:30] = 1, 2
+    probs = np.zeros((1, 40, 40), np.float32)
+    probs[0][labels == 1], probs[0][labels == 2] = 0.7, 0.95
+    strict = MeanProbFilter(model=None, threshold=0.9, channels=("body",))
+    kept = strict.apply(labels, probs)
+    assert kept.max() == 1 and np.array_equal(kept > 0, labels == 2)   # the doubtful one goes
+    probs[0][labels == 2] = 0.8                                         # now both are doubtful
+    np.testing.assert_array_equal(strict.apply(labels, probs), labels)  # both stay

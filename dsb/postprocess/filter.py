@@ -29,7 +29,8 @@ from dsb.errors import CheckpointError
 from dsb.postprocess.instances import grow_labels, labels_from_probs
 from dsb.utils import atomic_write
 
-__all__ = ["FEATURES", "InstanceFilter", "filtered_labels", "instance_features", "instance_ious", "load_filter"]
+__all__ = ["FEATURES", "InstanceFilter", "drop_instances", "filtered_labels", "instance_features", "instance_ious",
+           "load_filter"]
 
 FEATURES = (
     "log_area", "perimeter_ratio", "solidity", "eccentricity", "extent", "axis_ratio",
@@ -105,18 +106,37 @@ class InstanceFilter:
         return self.model.predict(feats) if len(feats) else np.zeros(0)
 
     def apply(self, label_map: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        """``label_map`` without the instances predicted below ``threshold``, renumbered 1..m."""
+        """``label_map`` without the instances predicted below ``threshold``, renumbered 1..m
+        (:func:`drop_instances`: an image is never emptied)."""
         if self.threshold <= 0 or not label_map.any():
             return label_map
-        keep = np.concatenate([[False], self.predict_iou(label_map, probs) >= self.threshold])
-        new_ids = (np.cumsum(keep) * keep).astype(np.int32)
-        return new_ids[label_map]
+        return drop_instances(label_map, self.predict_iou(label_map, probs), self.threshold)
 
     def save(self, path: str | Path) -> Path:
         with atomic_write(path, "wb") as fh:
             pickle.dump({"format": "dsb-instance-filter-1", "model": self.model, "threshold": self.threshold,
                          "channels": list(self.channels), "features": list(FEATURES)}, fh)
         return Path(path)
+
+
+def drop_instances(label_map: np.ndarray, predicted_iou: np.ndarray, threshold: float) -> np.ndarray:
+    """``label_map`` (instances ``1..n``) without those whose ``predicted_iou`` is below
+    ``threshold``, renumbered ``1..m``. An image is never emptied: where every instance falls
+    below the threshold, all of them stay. Every image of this task holds nuclei, and an
+    empty prediction scores 0 on it whatever is true, so a filter that would reject every
+    instance of an image is one whose features do not describe that image: it abstains.
+
+    >>> labels = np.array([[1, 0, 2, 2, 0, 3]], np.int32)
+    >>> drop_instances(labels, np.array([0.8, 0.1, 0.6]), 0.5)
+    array([[1, 0, 0, 0, 0, 2]], dtype=int32)
+    >>> drop_instances(labels, np.array([0.2, 0.1, 0.3]), 0.5)  # all below: all stay
+    array([[1, 0, 2, 2, 0, 3]], dtype=int32)
+    """
+    keep = np.asarray(predicted_iou) >= threshold
+    if threshold <= 0 or not keep.any():
+        return label_map
+    new_ids = np.concatenate([[0], np.cumsum(keep) * keep]).astype(np.int32)
+    return new_ids[label_map]
 
 
 def filtered_labels(probs: np.ndarray, channels: Sequence[str], post, instance_filter: "InstanceFilter | None") -> np.ndarray:
