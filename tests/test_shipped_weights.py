@@ -49,15 +49,15 @@ def test_the_set_is_complete_and_within_40_mb(manifest):
     extra = [manifest["instance_filter"]["file"]] if "instance_filter" in manifest else []
     assert files == sorted([MANIFEST, *(f["file"] for f in manifest["folds"]), *extra])
     assert sum(p.stat().st_size for p in SET_DIR.iterdir()) <= 40 * 2**20
-    # the generalising CPU recipe on every image, estimated on folds that hold out whole experiments
-    assert manifest["command"].startswith("dsb train --config configs/unetpp_cpu_grouped.yaml")
+    # the generalising recipe on every image, estimated on folds that hold out whole experiments
+    assert manifest["command"].startswith("dsb train --config configs/unetpp_cpu_nostain.yaml")
     assert "--full" in manifest["command"]
-    assert manifest["cross_validation_command"].startswith("dsb train --config configs/unetpp_cpu_grouped.yaml")
+    assert manifest["cross_validation_command"].startswith("dsb train --config configs/unetpp_cpu_nostain.yaml")
     assert "--full" not in manifest["cross_validation_command"]
     commands = manifest["cross_validation_commands"]  # every fold's, the estimate's among them
     assert manifest["cross_validation_command"] in commands and not any("--full" in c for c in commands)
     assert [f["fold"] for f in manifest["folds"]] == ["full"]
-    assert manifest["config"]["name"] == "unetpp_cpu_grouped"
+    assert manifest["config"]["name"] == "unetpp_cpu_nostain"
     assert manifest["folds_method"] == "grouped" == manifest["config"]["folds"]["method"]
     assert manifest["config"]["augment"]["normalize_area_px"] == manifest["config"]["infer"]["rescale_area_px"]
     # trained without the photometric/stain augmentation (README, Ablation); geometry kept
@@ -70,29 +70,44 @@ def test_the_set_is_complete_and_within_40_mb(manifest):
     assert {Path(p).name for p in manifest["data_sha256"]} == {"stage1_train.zip", "stage1_train_labels_fixed.csv"}
     held_out = manifest["held_out_map_per_fold"]  # the fold models behind the estimate
     assert held_out and all(0.0 < v < 1.0 for v in held_out.values())
-    assert manifest["oof"]["n_images"] > 100 and manifest["oof"]["n_groups"] > 20
+    assert manifest["oof"]["n_images"] > 600 and manifest["oof"]["n_groups"] > 120  # all four folds
+    assert sorted(held_out) == ["0", "1", "2", "3"]
     assert resolve_checkpoints([SHIPPED]) == [SET_DIR / f["file"] for f in manifest["folds"]]
 
 
-def test_the_nostain_config_is_the_shipped_recipe(manifest):
-    """configs/unetpp_cpu_nostain.yaml is the grouped config with the --set overrides the
-    manifest records for the shipped set, so training from it reproduces the set."""
+def test_the_long_config_is_the_shipped_recipe(manifest):
+    """configs/unetpp_nostain_long.yaml is the config and --set overrides the manifest records
+    for the shipped set (the full-data model and every fold of its estimate), so training from
+    it reproduces the set; only how a run executes (its device, its loader workers) may differ."""
     import shlex
 
     from dsb.config import load_config
+    from dsb.train import _HOW_TO_RUN
 
     repo = Path(__file__).resolve().parents[1]
-    words = shlex.split(manifest["command"])
-    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
-    assert sorted(s.split("=")[0] for s in sets if s.startswith("augment.")) == sorted(f"augment.p_{k}" for k in PHOTOMETRIC)
-    recorded = load_config(repo / "configs/unetpp_cpu_grouped.yaml", sets)
-    recipe = load_config(repo / "configs/unetpp_cpu_nostain.yaml")
-    assert recipe.name == "unetpp_cpu_nostain"
-    recipe.name = recorded.name
-    assert recipe == recorded
+    recipe = load_config(repo / "configs/unetpp_nostain_long.yaml")
+    assert recipe.name == "unetpp_nostain_long"
+    for command in [manifest["command"], *manifest["cross_validation_commands"]]:
+        words = shlex.split(command)
+        sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        recorded = load_config(repo / words[words.index("--config") + 1], sets)
+        recorded.name = recipe.name
+        for key in _HOW_TO_RUN:
+            section, field = key.split(".")
+            setattr(getattr(recorded, section), field, getattr(getattr(recipe, section), field))
+        assert recorded == recipe, command
+    # the nostain config it extends is itself the grouped config without the photometric augmentation
+    nostain, grouped = load_config(repo / "configs/unetpp_cpu_nostain.yaml"), load_config(repo / "configs/unetpp_cpu_grouped.yaml")
+    assert all(getattr(nostain.augment, f"p_{k}") == 0 < getattr(grouped.augment, f"p_{k}") for k in PHOTOMETRIC)
+    unstained = load_config(repo / "configs/unetpp_cpu_grouped.yaml", [f"augment.p_{k}=0" for k in PHOTOMETRIC]
+                            + ["train.epochs=40", "train.val_every=40"])
+    unstained.name = nostain.name
+    assert unstained == nostain
     # and the shipped set was trained with it (export overrides only infer and postprocess)
-    for section in ("folds", "model", "targets", "augment", "loss", "train"):
+    for section in ("folds", "model", "targets", "augment", "loss"):
         assert manifest["config"][section] == getattr(recipe, section).__dict__, section
+    trained = {k: v for k, v in manifest["config"]["train"].items() if f"train.{k}" not in _HOW_TO_RUN}
+    assert trained == {k: v for k, v in recipe.train.__dict__.items() if f"train.{k}" not in _HOW_TO_RUN}
 
 
 def test_weights_are_half_precision_and_load(manifest):
