@@ -403,8 +403,7 @@ def fit_instance_filter(
     def score_with(threshold: float) -> float:
         scores = []
         for item, pred, predicted in zip(items, preds, honest):
-            kept = drop_instances(pred, predicted, threshold) if len(predicted) else pred
-            scores.append(image_score(item.truth, grow_labels(kept, grow)).score)
+            scores.append(image_score(item.truth, grow_labels(drop_instances(pred, predicted, threshold), grow)).score)
         return float(np.mean(scores))
 
     trace = [{"threshold": t, "map": score_with(t)} for t in FILTER_THRESHOLDS]
