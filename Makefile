@@ -22,7 +22,7 @@ SUBMISSION ?= submissions/stage1_test.csv
 TEST_INPUT = $(shell if [ -e "$(DSB_DATA)/stage1_test.zip" ]; then echo "$(DSB_DATA)/stage1_test.zip"; \
 	elif [ -d "$(DSB_DATA)/stage1_test" ]; then echo "$(DSB_DATA)/stage1_test"; else echo "$(DSB_DATA)"; fi)
 
-.PHONY: setup demo submission test test-fast bench clean
+.PHONY: setup browser demo submission test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,13 @@ submission: setup
 	$(DSB) predict --checkpoint $(WEIGHTS) --input "$(TEST_INPUT)" --out $(SUBMISSION) --tta $(TTA) --expand $(EXPAND_PX)
 	$(DSB) validate $(SUBMISSION) --images "$(TEST_INPUT)"
 
-test: setup
+# The HTML report's browser test needs headless Chromium: `browser` finds one or installs
+# Debian's package (as root or with password-less sudo); where none can be had it says so and
+# the suite runs without that test (its skip, with the reason, ends the summary).
+browser:
+	@bash tests/ensure_browser.sh
+
+test: setup browser
 	$(PY) -m pytest -q
 
 # The edit-and-rerun loop: everything but the tests marked `slow` (training for epochs,

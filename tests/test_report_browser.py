@@ -5,8 +5,10 @@ requested from the network. Screenshots are saved (their paths printed).
 
 Chromium is driven over the DevTools protocol through ``--remote-debugging-pipe`` (NUL-
 separated JSON on file descriptors 3 and 4): no driver, no websocket, no Python package,
-no network. Debian's ``chromium`` package is enough (``.ci/run`` installs it when missing);
-``DSB_CHROMIUM`` may name another Chrome/Chromium binary. Without one the test FAILS.
+no network. Debian's ``chromium`` package is enough (``make test`` installs it when missing
+and it can: ``tests/ensure_browser.sh``); ``DSB_CHROMIUM`` may name another Chrome/Chromium
+binary. Without one the test is skipped with that reason in the run's summary, except
+under ``CI=true``, where it FAILS (a CI run never passes without it).
 
 Also a screenshot tool (the README's picture)::
 
@@ -36,7 +38,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-INSTALL_HINT = ("install Debian's chromium package (sudo apt-get install -y chromium; .ci/run does it when missing) "
+INSTALL_HINT = ("install Debian's chromium package (sudo apt-get install -y chromium; make test does it when it can) "
                 "or set DSB_CHROMIUM to a Chrome/Chromium binary")
 
 
@@ -222,8 +224,12 @@ def browser():
     binary = find_chromium()
     if binary is None:
         looked = f"DSB_CHROMIUM={os.environ['DSB_CHROMIUM']}" if os.environ.get("DSB_CHROMIUM") else ", ".join(BROWSERS)
-        pytest.fail(f"headless Chromium is needed for this test and none was found ({looked}); {INSTALL_HINT}",
-                    pytrace=False)
+        message = f"headless Chromium is needed for this test and none was found ({looked}); {INSTALL_HINT}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message, pytrace=False)  # a CI run never passes without the browser test
+        # `make test` installs Chromium where it can (tests/ensure_browser.sh); where it could
+        # not, the run's summary says plainly that this test did not run, and why.
+        pytest.skip(f"BROWSER TEST NOT RUN: {message}")
     chrome = Chromium(binary)
     yield chrome
     chrome.close()
