@@ -203,6 +203,10 @@ class InferConfig:
     #: all but the last rescaled one): ``"none"`` (one view; only the pass that is kept uses
     #: ``tta``) or ``"same"`` (``tta``, as before this setting: with d4 about twice the time).
     rescale_measure_tta: Literal["none", "same"] = "none"
+    #: Autocast of the forward passes (:func:`dsb.device.amp_dtype`): ``"auto"`` is bf16 on
+    #: CPUs with native bf16 (AVX512-BF16/AMX), fp32 on other CPUs, fp16 on CUDA; ``"off"``
+    #: is fp32 everywhere.
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
 
 
 @dataclass

@@ -217,12 +217,13 @@ def _precision_line() -> str:
 
     auto = amp_dtype("auto", torch.device("cpu"), training=True)
     name = "bf16 autocast" if auto == torch.bfloat16 else "fp32"
+    infer = "bf16 autocast" if amp_dtype("auto", torch.device("cpu"), training=False) == torch.bfloat16 else "fp32"
     native = "native bf16 (AVX512-BF16/AMX)" if cpu_has_native_bf16() else "no native bf16"
-    return f"dsb: train.amp=auto trains in {name} on this CPU ({native}); inference runs in fp32"
+    return f"dsb: train.amp=auto trains in {name} on this CPU ({native}); infer.amp=auto predicts in {infer}"
 
 
 def pytest_report_header(config):
-    """Say which precision `train.amp: auto` trains in on this CPU (tests that train with it
+    """Say which precision `train.amp: auto` trains (and `infer.amp: auto` predicts) in on this CPU (tests that train with it
     run in that precision; the precision tests force fp32 and bf16 and say so in their names)."""
     return _precision_line()
 

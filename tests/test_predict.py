@@ -10,10 +10,16 @@ import torch
 from torch import nn
 
 from dsb.config import Config, InferConfig
+from dsb.device import cpu_has_native_bf16
 from dsb.errors import CheckpointError
 from dsb.infer.predict import Predictor, iter_predictions, load_models, predict_probs
 from dsb.rundir import resolve_checkpoints
 from dsb.infer.tta import TRANSFORMS, tta_transforms
+
+#: The tests of TTA, tiling and ensemble arithmetic compare with fp32 references to 1e-5, so
+#: they predict in fp32 (``infer.amp: auto`` is bf16 on CPUs with native bf16); bf16 itself
+#: is checked in test_bf16_autocast_on_cpu_is_close.
+EXACT = "off"
 
 CHANNELS = ["body", "border", "touching"]
 
@@ -85,7 +91,7 @@ def test_pixelwise_model_gives_plain_probabilities(tta, tiled):
     image = _image(21, 34)
     before = image.copy()
     cfg = InferConfig(tta=tta, max_full_px=100 if tiled else 10_000, tile_px=16, tile_overlap_px=4)
-    pred = Predictor([model], CHANNELS, cfg)
+    pred = Predictor([model], CHANNELS, cfg, amp=EXACT)
     assert pred.is_tiled(21, 34) == tiled
     probs = pred.predict(image)
     assert probs.dtype == np.float32 and probs.shape == (3, 21, 34)
@@ -99,7 +105,7 @@ def test_pixelwise_model_gives_plain_probabilities(tta, tiled):
 def test_non_equivariant_model_tta_is_aligned_average(tta, merge):
     model = ConvNet()
     image = _image(13, 19)
-    probs = predict_probs([model], image, InferConfig(), tta=tta, merge=merge)
+    probs = predict_probs([model], image, InferConfig(), tta=tta, merge=merge, amp=EXACT)
     np.testing.assert_allclose(probs, _manual_tta(model, image, tta, merge), atol=1e-5, rtol=0)
     # and it really differs from the plain prediction
     assert np.abs(probs - _plain(model, image)).max() > 1e-3
@@ -109,7 +115,7 @@ def test_fold_ensemble_is_mean_of_models():
     models = [ConvNet(seed=s) for s in range(3)]
     image = _image(16, 24)
     cfg = InferConfig(tta="flips")
-    probs = Predictor(models, CHANNELS, cfg).predict(image)
+    probs = Predictor(models, CHANNELS, cfg, amp=EXACT).predict(image)
     expected = np.mean([_manual_tta(m, image, "flips") for m in models], axis=0)
     np.testing.assert_allclose(probs, expected, atol=1e-5, rtol=0)
 
@@ -117,7 +123,7 @@ def test_fold_ensemble_is_mean_of_models():
 def test_gmean_ensemble_is_mean_of_per_model_gmeans():
     models = [ConvNet(seed=s) for s in range(2)]
     image = _image(12, 12)
-    probs = Predictor(models, CHANNELS, InferConfig(tta="d4", merge="gmean")).predict(image)
+    probs = Predictor(models, CHANNELS, InferConfig(tta="d4", merge="gmean"), amp=EXACT).predict(image)
     expected = np.mean([_manual_tta(m, image, "d4", "gmean") for m in models], axis=0)
     np.testing.assert_allclose(probs, expected, atol=1e-5, rtol=0)
 
@@ -145,7 +151,7 @@ def test_pixel_budget_bounds_every_forward_pass():
     rec = Recorder(PixelNet())
     image = _image(40, 50)
     cfg = InferConfig(tta="d4", max_full_px=1100, tile_px=16, tile_overlap_px=4)
-    probs = Predictor([rec], CHANNELS, cfg).predict(image)
+    probs = Predictor([rec], CHANNELS, cfg, amp=EXACT).predict(image)
     assert all(b * h * w <= 1100 for b, _, h, w in rec.shapes)
     assert max(b for b, *_ in rec.shapes) == 1100 // (16 * 16)  # 4 views per pass
     np.testing.assert_allclose(probs, _plain(rec.inner, image), atol=1e-5, rtol=0)
@@ -214,7 +220,11 @@ def test_bf16_autocast_on_cpu_is_close():
     half = Predictor([model], CHANNELS, InferConfig(tta="flips"), amp="bf16").predict(image)
     assert half.dtype == np.float32
     np.testing.assert_allclose(half, full, atol=3e-2)
-    assert Predictor([model], CHANNELS, amp="auto").amp_dtype is None  # CPU default: fp32
+    # CPU default: bf16 where the CPU computes it natively (AVX512-BF16/AMX), else fp32
+    native = cpu_has_native_bf16()
+    assert Predictor([model], CHANNELS, amp="auto").amp_dtype == (torch.bfloat16 if native else None)
+    assert Predictor([model], CHANNELS, InferConfig(amp="off")).amp_dtype is None  # infer.amp is the default
+    assert Predictor([model], CHANNELS, InferConfig(amp="off"), amp="bf16").amp_dtype == torch.bfloat16
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

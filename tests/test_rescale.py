@@ -308,3 +308,52 @@ def test_a_first_pass_kept_after_the_look_at_the_smallest_scale_is_not_predicted
     probs, scale = predict_rescaled(predictor, image, CHANNELS, POST, infer)
     assert scale == 1.0 and predictor.shapes == [(96, 104), (48, 52)]
     np.testing.assert_array_equal(probs, image[None, :, :, 0])  # the first pass, not the shrunk one
+
+
+class _DiscNet:
+    """Logits that threshold the first channel into nuclei, plus a small lopsided 3x3 term so
+    that TTA views really differ; records the batch shapes it is given."""
+
+    def __new__(cls):
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 1, 3, padding=1, bias=False)
+                with torch.no_grad():
+                    self.conv.weight.copy_(torch.linspace(-1, 1, 27).reshape(1, 3, 3, 3))
+                self.shapes = []
+
+            def forward(self, x):
+                self.shapes.append(tuple(x.shape))
+                return 20.0 * (x[:, :1] - 0.5) + 0.5 * self.conv(x)
+
+        return Net()
+
+
+@pytest.mark.parametrize("tta", ["flips", "d4"])
+def test_the_kept_pass_reuses_the_scouts_identity_view(tta):
+    from dsb.infer.predict import Predictor
+
+    image = _discs(3)  # measured at 1 and 0.5, then at 2 by the scout; kept at 2
+    infer = InferConfig(tta=tta, rescale_area_px=29 * 4, rescale_min=0.5, rescale_max=3.0, rescale_passes=2,
+                        amp="off")
+    net = _DiscNet()
+    predictor = Predictor([net], CHANNELS, infer)
+    probs, scale = predict_rescaled(predictor, image, CHANNELS, POST, infer)
+    assert scale == pytest.approx(2.0, abs=0.05)
+    n_views = len(predictor.transforms)
+    forwarded = sum(shape[0] for shape in net.shapes)
+    assert forwarded == 3 + (n_views - 1)  # three measuring passes, then the other views only
+    # exactly what the whole TTA pass at that scale gives
+    from dsb.infer.rescale import predict_at_scale
+
+    whole = predict_at_scale(Predictor([_DiscNet()], CHANNELS, infer), image, scale)
+    np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
+    assert predictor.rest().transforms == predictor.transforms[1:]
+    # the geometric mean does not split that way: the kept pass makes all its views
+    gmean = Predictor([_DiscNet()], CHANNELS, dataclasses.replace(infer, merge="gmean"))
+    assert gmean.rest() is None
+    predict_rescaled(gmean, image, CHANNELS, POST, gmean.infer_cfg)
+    assert sum(shape[0] for shape in gmean.models[0].shapes) == 3 + n_views

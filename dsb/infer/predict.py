@@ -62,8 +62,9 @@ class Predictor:
         TTA mode, merge, tiling threshold and tile geometry (defaults if omitted).
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-    amp : ``"auto"``, ``"off"``, ``"bf16"`` or ``"fp16"``
-        Autocast for the forward passes (see :func:`dsb.device.amp_dtype`; ``auto`` is fp32 on CPU).
+    amp : ``"auto"``, ``"off"``, ``"bf16"``, ``"fp16"`` or None
+        Autocast for the forward passes (see :func:`dsb.device.amp_dtype`: ``auto`` is bf16 on
+        CPUs with native bf16, fp32 on other CPUs); None: ``infer_cfg.amp``.
     max_batch_px : int, optional
         Input pixels per forward pass; defaults to ``infer_cfg.max_full_px``.
     channels_last : bool
@@ -78,7 +79,7 @@ class Predictor:
         infer_cfg: InferConfig | None = None,
         *,
         device: str | torch.device = "cpu",
-        amp: AmpMode = "auto",
+        amp: AmpMode | None = None,
         max_batch_px: int | None = None,
         channels_last: bool = True,
     ) -> None:
@@ -96,7 +97,7 @@ class Predictor:
         if cfg.max_full_px < 1:
             raise ValueError(f"infer.max_full_px must be positive, got {cfg.max_full_px}")
         self.device = resolve_device(device)
-        self.amp_dtype = amp_dtype(amp, self.device, training=False)
+        self.amp_dtype = amp_dtype(amp if amp is not None else cfg.amp, self.device, training=False)
         self.channels_last = channels_last
         self.models = [m.to(self.device).eval() for m in models]
         if channels_last:
@@ -108,6 +109,7 @@ class Predictor:
         if self.max_batch_px < 1:
             raise ValueError(f"max_batch_px must be positive, got {self.max_batch_px}")
         self._scout: Predictor | None = None
+        self._rest: Predictor | None = None
 
     def scout(self) -> "Predictor":
         """This predictor without TTA (one view a pass), sharing its models and settings:
@@ -119,9 +121,25 @@ class Predictor:
             twin = copy.copy(self)
             twin.infer_cfg = dataclasses.replace(self.infer_cfg, tta="none")
             twin.transforms = tta_transforms("none")
-            twin._scout = twin
+            twin._scout, twin._rest = twin, None
             self._scout = twin
         return self._scout
+
+    def rest(self) -> "Predictor | None":
+        """This predictor's TTA without the identity view, sharing its models and settings,
+        for a pass whose identity view the :meth:`scout` has already made: with the mean
+        merge, ``(scout + (n - 1) * rest) / n`` is this predictor's result (``n`` views;
+        every step from views to probabilities is linear: the merge, the fold mean, the
+        tiles' blend and a bilinear resize). None where that does not hold (no TTA, or the
+        geometric mean)."""
+        if len(self.transforms) == 1 or self.merge != "mean" or self.transforms[0].name != "identity":
+            return None
+        if self._rest is None:
+            twin = copy.copy(self)
+            twin.transforms = self.transforms[1:]
+            twin._scout = twin._rest = None
+            self._rest = twin
+        return self._rest
 
     @classmethod
     def from_checkpoints(
@@ -130,7 +148,7 @@ class Predictor:
         infer_cfg: InferConfig | None = None,
         *,
         device: str | torch.device = "auto",
-        amp: AmpMode = "auto",
+        amp: AmpMode | None = None,
         max_batch_px: int | None = None,
         channels_last: bool = True,
     ) -> "Predictor":
@@ -245,7 +263,7 @@ def predict_probs(
     device: str | torch.device = "cpu",
     tta: TtaMode | None = None,
     merge: MergeMode | None = None,
-    amp: AmpMode = "auto",
+    amp: AmpMode | None = None,
     channels: Sequence[str] | None = None,
     max_batch_px: int | None = None,
     channels_last: bool = True,

@@ -145,7 +145,9 @@ def predict_rescaled(
     size (the first one, the shrunk one, all but the last rescaled one) are made by
     ``predictor.scout()`` (the same models without TTA; predictors without ``scout`` measure
     themselves), and ``predictor`` makes only the pass that is returned: with d4 TTA every
-    measuring pass would cost eight forward passes.
+    measuring pass would cost eight forward passes. When the returned pass is at a scale the
+    scout has measured at, its identity view is the scout's and only the other views are
+    predicted (``predictor.rest()``, mean merge): seven of d4's eight.
     """
     if not infer.rescale_area_px:
         return predictor.predict(image), 1.0
@@ -155,9 +157,13 @@ def predict_rescaled(
     # the first pass's and the latest one's, the only ones that can be returned.
     reusable: dict[float, np.ndarray] = {}
 
+    # Otherwise the scout's predictions are the identity view of the predictor's TTA at that
+    # scale: the final pass then makes only the other views (Predictor.rest).
+    rest = predictor.rest() if scout is not predictor and hasattr(predictor, "rest") else None
+
     def scouted(scale: float) -> np.ndarray:
         probs = predict_at_scale(scout, image, scale)
-        if scout is predictor:
+        if scout is predictor or rest is not None:
             for older in [s for s in reusable if s != 1.0]:
                 del reusable[older]
             reusable[scale] = probs
@@ -165,7 +171,15 @@ def predict_rescaled(
 
     def final(scale: float) -> tuple[np.ndarray, float]:
         probs = reusable.get(scale)
-        return (probs if probs is not None else predict_at_scale(predictor, image, scale)), scale
+        if probs is None:
+            return predict_at_scale(predictor, image, scale), scale
+        if scout is predictor:
+            return probs, scale
+        n_views = len(predictor.transforms)
+        others = predict_at_scale(rest, image, scale)
+        others *= (n_views - 1) / n_views
+        others += probs / n_views
+        return others, scale
 
     # Sizes are measured on the nuclei as the network draws them, not as postprocess.expand_px
     # grows them to match annotations drawn wider (that growth comes after the choice of scale).
