@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import Tta, console, dsb_command, progress_bar
+from cli.common import AMP_HELP, Amp, Tta, console, dsb_command, progress_bar
 from dsb.data.kaggle import open_stage
 from dsb.utils import check_output_dir, check_output_file
 
@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         save_probs: Annotated[Optional[Path], typer.Option("--save-probs", help="Folder for probability maps (uint8 .npy).")] = None,
         overlays: Annotated[Optional[Path], typer.Option("--overlays", help="Folder for overlay PNGs.")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+        amp: Annotated[Amp, typer.Option("--amp", help=AMP_HELP)] = Amp.auto,
         rescale_area: Annotated[Optional[float], typer.Option(
             "--rescale-area", help="Predict each image again at the scale that makes its median nucleus this many "
                                    "pixels (0: off; default: the config's infer.rescale_area_px).")] = None,
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
                                       "postprocess.expand_px).")] = None,
     ) -> None:
         """Predict a folder or zip of images and write a validated Kaggle submission."""
-        from dsb.device import reuse_freed_memory
+        from dsb.device import precision_name, reuse_freed_memory
         from dsb.infer.pipeline import load_ensemble, predict_stage
 
         # Outputs and inputs are checked before any model is loaded or image predicted.
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
             task = progress.add_task("check images", total=len(stage.image_ids))
             stage.check_images(progress=lambda n: progress.update(task, completed=n))
         overrides = [] if rescale_area is None else [f"infer.rescale_area_px={rescale_area}"]
+        overrides.append(f"infer.amp={amp.value}")
         if expand is not None:
             overrides.append(f"postprocess.expand_px={expand}")
         reuse_freed_memory()
@@ -60,7 +62,7 @@ def register(app: typer.Typer) -> None:
         if cfg.postprocess.expand_px:
             kept += f", nuclei grown by {cfg.postprocess.expand_px:g} px"
         console.print(f"{len(ens.paths)} model(s), {len(stage.image_ids)} images, TTA {mode or cfg.infer.tta}{rescale}{kept}, "
-                      f"device {ens.device}")
+                      f"device {ens.device} ({precision_name(cfg.infer.amp, ens.device)})")
         with progress_bar() as progress:
             task = progress.add_task("predict", total=len(stage.image_ids))
             summary = predict_stage(

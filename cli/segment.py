@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import Tta, console, dsb_command, progress_bar
+from cli.common import AMP_HELP, Amp, Tta, console, dsb_command, progress_bar
 from dsb.data.images import collect_inputs
 from dsb.utils import check_output_dir
 
@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         normalize: Annotated[str, typer.Option(
             help="auto (8-bit as is, other data by its 1-99.8 percentiles) | percentile | none.")] = "auto",
         device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+        amp: Annotated[Amp, typer.Option("--amp", help=AMP_HELP)] = Amp.auto,
         block_px: Annotated[int, typer.Option(
             "--block-px", help="Images over this squared are segmented in blocks of it (bounds memory).")] = 4096,
     ) -> None:
@@ -74,10 +75,11 @@ def register(app: typer.Typer) -> None:
             if needs_model(mine, out, opts):
                 reuse_freed_memory()
                 segmenter = Segmenter.load(checkpoint or [DEFAULT_CHECKPOINT], device=device, tta=tta.value if tta else None,
-                                           rescale_area_px=rescale_area)
+                                           rescale_area_px=rescale_area, amp=amp.value)
             if rank == 0:
                 infer = segmenter.predictor.infer_cfg if segmenter is not None else None
-                how = (f", TTA {infer.tta}, device {segmenter.predictor.device}" if infer is not None else
+                how = (f", TTA {infer.tta}, device {segmenter.predictor.device} ({segmenter.precision})"
+                       if infer is not None else
                        " (every label image exists: measuring only)")
                 scale = (f", nucleus diameter {nucleus_diameter:g} px" if nucleus_diameter else
                          ", scale measured per image" if infer is not None and infer.rescale_area_px else "")

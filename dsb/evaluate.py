@@ -209,6 +209,10 @@ class EvaluationReport:
     labels: Optional[str] = None
     #: Where :func:`run_evaluation` wrote the per-image CSV.
     per_image_csv: Optional[Path] = None
+    #: The estimate weighted to another image set's mix (``dsb evaluate --match``), or None.
+    matched: Optional[object] = None
+    #: Fates of the true nuclei per type and size bin (:func:`recall_by_size`).
+    by_size: Optional[pd.DataFrame] = None
 
     def to_dict(self) -> dict:
         """The summary as plain JSON types (what ``dsb evaluate --json`` prints)."""
@@ -220,6 +224,8 @@ class EvaluationReport:
             "per_threshold": dict(zip([f"{t:.2f}" for t in THRESHOLDS], map(float, self.score.per_threshold))),
             "error_kinds": self.error_kinds, "error_kinds_per_type": self.error_kinds_per_type,
             "per_image_csv": None if self.per_image_csv is None else str(self.per_image_csv),
+            "matched": None if self.matched is None else self.matched.to_dict(),
+            "by_size": None if self.by_size is None else self.by_size.to_dict(orient="records"),
         }
 
     def manifest_summary(self) -> dict:
@@ -284,6 +290,71 @@ def error_kinds(items: Sequence[OofItem], preds: dict[str, np.ndarray]) -> dict[
     }
 
 
+#: Bins of true nucleus area (pixels) for :func:`recall_by_size`.
+NUCLEUS_SIZE_EDGES = (0, 50, 100, 200, 400, np.inf)
+FATES = ("found", "missed", "merged", "split", "misdrawn")
+
+
+def nucleus_fates(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Area and fate of every true nucleus of one image, at IoU 0.5.
+
+    Fates (indices into :data:`FATES`): ``found`` (a prediction with IoU > 0.5); else
+    ``missed`` (predictions cover at most half of it), ``merged`` (the prediction covering
+    most of it also covers more than half of another true nucleus), ``split`` (predictions
+    cover more than half of it together but none alone does) or ``misdrawn`` (one prediction
+    covers most of it, but their IoU is at most 0.5: drawn too large or too small).
+
+    >>> truth = np.zeros((6, 12), np.int32); truth[1:5, 1:5] = 1; truth[1:5, 6:10] = 2
+    >>> pred = np.zeros_like(truth); pred[1:5, 1:10] = 1          # one blob over both
+    >>> [FATES[f] for f in nucleus_fates(truth, pred)[1]]
+    ['merged', 'merged']
+    """
+    t, p = truth.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    nt, npred = int(t.max(initial=0)), int(p.max(initial=0))
+    overlap = np.bincount(t * (npred + 1) + p, minlength=(nt + 1) * (npred + 1)).reshape(nt + 1, npred + 1)
+    area_true = overlap.sum(axis=1)[1:]
+    present = area_true > 0
+    fates = np.full(nt, FATES.index("missed"))
+    if npred:
+        covered = overlap[1:, 1:]
+        area_pred = overlap.sum(axis=0)[1:]
+        iou = covered / np.maximum(area_true[:, None] + area_pred[None, :] - covered, 1)
+        best = covered.argmax(axis=1)
+        best_cover = covered[np.arange(nt), best]
+        any_cover = covered.sum(axis=1)
+        majority = covered * 2 > area_true[:, None]
+        merges = majority.sum(axis=0) >= 2
+        fates = np.where(any_cover * 2 <= area_true, FATES.index("missed"),
+                 np.where(best_cover * 2 <= area_true, FATES.index("split"),
+                 np.where(merges[best], FATES.index("merged"), FATES.index("misdrawn"))))
+        fates = np.where(iou.max(axis=1) > 0.5, FATES.index("found"), fates)
+    return area_true[present], fates[present]
+
+
+def recall_by_size(items: Sequence[OofItem], preds: dict[str, np.ndarray],
+                   edges: Sequence[float] = NUCLEUS_SIZE_EDGES) -> pd.DataFrame:
+    """Where nuclei are lost: per image type and true nucleus size bin, how many true nuclei
+    there are and the share of each fate (:func:`nucleus_fates`); ``found`` is the recall at
+    IoU 0.5. Rows for every type together have ``image_type == "all"``."""
+    records = []
+    for item in items:
+        areas, fates = nucleus_fates(item.truth, preds[item.image_id])
+        records.append(pd.DataFrame({"image_type": item.image_type, "area": areas, "fate": fates}))
+    frame = pd.concat(records, ignore_index=True) if records else pd.DataFrame(columns=["image_type", "area", "fate"])
+    labels = [f"<{hi:g}" if lo == 0 else (f">{lo:g}" if not np.isfinite(hi) else f"{lo:g}-{hi:g}")
+              for lo, hi in zip(edges[:-1], edges[1:])]
+    frame["size"] = pd.cut(frame["area"].astype(float), list(edges), right=False, labels=labels)
+    rows = []
+    for image_type, part in [*frame.groupby("image_type"), ("all", frame)]:
+        for size, cell in [*part.groupby("size", observed=False), ("all", part)]:
+            n = len(cell)
+            row = {"image_type": image_type, "size": str(size), "n_true": n}
+            counts = np.bincount(cell["fate"].to_numpy(np.int64), minlength=len(FATES))
+            row.update({f: (float(c) / n if n else float("nan")) for f, c in zip(FATES, counts)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def with_labels(cfg: Config, labels: Optional[str], run_dir: Path) -> Config:
     """``cfg`` scoring against other labels (``masks`` or an RLE CSV); ``None`` keeps them."""
     if labels is None:
@@ -322,16 +393,123 @@ def evaluate_run(run_dir: Path, cfg: Optional[Config] = None, items=None) -> Eva
         score, per_type, per_fold, per_image, error_kinds(items, preds), per_type_errors,
         preds=preds, truths={i.image_id: i.truth for i in items},
         interval=interval, interval_unit=unit, n_groups=int(per_image["group"].nunique()), labels=cfg.data.labels,
+        by_size=recall_by_size(items, preds),
     )
 
 
-def run_evaluation(run_dir: Path, out_csv: Optional[Path] = None, labels: Optional[str] = None) -> EvaluationReport:
+def run_evaluation(
+    run_dir: Path, out_csv: Optional[Path] = None, labels: Optional[str] = None,
+    match: Optional[Path] = None, match_predictions: Optional[Path] = None, progress=None,
+) -> EvaluationReport:
     """``dsb evaluate``: score the run's out-of-fold maps (against other ``labels`` if
-    given) and write the per-image CSV (default ``RUN_DIR/oof_scores.csv``)."""
+    given) and write the per-image CSV (default ``RUN_DIR/oof_scores.csv``). With ``match``
+    (a folder or zip of images), also the estimate weighted to those images' mix
+    (:func:`match_images`; ``report.matched``)."""
     cfg = with_labels(load_run_config(run_dir), labels, run_dir)
-    report = evaluate_run(run_dir, cfg)
+    target_stage = None
+    if match is not None:  # bad input is named before the run's maps are read
+        from dsb.data.kaggle import open_stage
+
+        target_stage = open_stage(match, labels=None)
+        if not target_stage.image_ids:
+            raise DataError(f"--match {match}: no images")
+        if match_predictions is not None:
+            from dsb.data.kaggle import read_rle_csv
+
+            predictions = read_rle_csv(match_predictions)
+            missing = [i for i in target_stage.image_ids if i not in predictions]
+            if missing:
+                raise DataError(f"--match-predictions {match_predictions}: no rows for image {missing[0]} of {match} "
+                                f"({len(missing)} of {len(target_stage.image_ids)} images missing)")
+    samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
+    report = evaluate_run(run_dir, cfg, load_oof(run_dir, cfg, samples))
     report.per_image_csv = write_per_image_csv(report, out_csv or RunDir(run_dir).oof_scores)
+    if target_stage is not None:
+        report.matched = match_images(run_dir, cfg, report, samples, target_stage, match_predictions, progress)
     return report
+
+
+def _median_predicted_area(runs: list) -> float:
+    areas = [int(r[:, 1].sum()) for r in runs if len(r)]
+    return float(np.median(areas)) if areas else 0.0
+
+
+def match_images(run_dir: Path, cfg: Config, report: EvaluationReport, samples, stage,
+                 predictions: Optional[Path] = None, progress=None):
+    """The out-of-fold estimate weighted to the mix of the images of ``stage`` (type, nucleus
+    size, novelty; :mod:`dsb.shift`), as a :class:`dsb.shift.MatchedEstimate`.
+
+    The target images' nucleus sizes come from ``predictions`` (a submission CSV for those
+    images) or else from the run's first fold model, predicting each image without TTA as
+    ``dsb predict`` does (size-adaptive rescaling, the run's tuned postprocessing).
+    """
+    from dsb.data.dataset import prepare_image
+    from dsb.data.groups import image_features
+    from dsb.data.imagetypes import classify_image
+    from dsb.shift import matched_estimate, median_areas
+
+    folds = load_folds(RunDir(run_dir).folds)
+    fold_of = dict(zip(folds["image_id"], folds["fold"].astype(int)))
+    train_ids = [s.image_id for s in samples]
+    train_feats = np.stack([image_features(s.image) for s in samples])
+    train_types = np.array([s.image_type for s in samples])
+    mean, scale = train_feats.mean(axis=0), train_feats.std(axis=0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    index = {image_id: i for i, image_id in enumerate(train_ids)}
+
+    # Held-out images: novelty against the images their fold model trained on.
+    rows = report.per_image.set_index("image_id")
+    source = []
+    for image_id, pred in report.preds.items():
+        i = index[image_id]
+        fold = int(rows.at[image_id, "fold"])
+        trained = np.array([fold_of.get(t, -1) != fold for t in train_ids])
+        trained[i] = False
+        d = _nearest(train_feats[i], train_types[i], train_feats[trained], train_types[trained], mean, scale)
+        source.append({"image_id": image_id, "image_type": rows.at[image_id, "image_type"],
+                       "median_area_px": median_areas(pred), "novelty": d,
+                       "score": float(rows.at[image_id, "score"]), "group": rows.at[image_id, "group"]})
+
+    # Target images: novelty against every training image; sizes predicted or read.
+    table = None
+    predictor = None
+    if predictions is not None:
+        from dsb.data.kaggle import read_rle_csv
+
+        table = read_rle_csv(predictions)
+    else:
+        from dsb.infer.predict import Predictor, load_models
+
+        checkpoints = RunDir(run_dir).checkpoints()
+        if not checkpoints:
+            raise DataError(f"{run_dir}: no fold checkpoint to measure the --match images' nuclei with; "
+                            "give --match-predictions SUBMISSION.csv")
+        models, model_cfg = load_models(checkpoints[:1])
+        predictor = Predictor(models, cfg.targets.channels, dataclasses.replace(model_cfg.infer, tta="none"))
+    target = []
+    for done, image_id in enumerate(stage.image_ids, 1):
+        raw = stage.read_image_uint8(image_id)
+        image_type = classify_image(raw.astype(np.float32) / 255.0)
+        prepared = prepare_image(raw, cfg.augment.invert_brightfield)
+        d = _nearest(image_features(prepared), image_type, train_feats, train_types, mean, scale)
+        if table is not None:
+            area = _median_predicted_area(table.runs(image_id))
+        else:
+            from dsb.infer.rescale import predict_rescaled
+
+            probs, _ = predict_rescaled(predictor, prepared.astype(np.float32) / 255.0, cfg.targets.channels,
+                                        cfg.postprocess, predictor.infer_cfg)
+            area = median_areas(labels_from_probs(probs, cfg.targets.channels, cfg.postprocess))
+        target.append({"image_id": image_id, "image_type": image_type, "median_area_px": area, "novelty": d})
+        if progress is not None:
+            progress(done, len(stage.image_ids))
+    return matched_estimate(pd.DataFrame(source), pd.DataFrame(target), novelty_threshold=cfg.folds.group_threshold)
+
+
+def _nearest(feature, image_type, reference, reference_types, mean, scale) -> float:
+    from dsb.shift import novelty_distances
+
+    return float(novelty_distances(feature[None], [image_type], reference, reference_types, mean, scale)[0])
 
 
 def write_per_image_csv(report: EvaluationReport, path: Path) -> Path:

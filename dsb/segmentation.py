@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
+import torch
 
 from dsb.config import Config
 from dsb.data.dataset import prepare_image
@@ -103,10 +104,11 @@ class Segmenter:
         device: str = "auto",
         tta: Optional[str] = None,
         rescale_area_px: Optional[float] = None,
+        amp: Optional[str] = None,
     ) -> "Segmenter":
         """Load checkpoints as ``dsb predict --checkpoint`` does (files, run folders with their
-        tuned postprocessing, shipped set names); ``tta`` and ``rescale_area_px`` override
-        the config's."""
+        tuned postprocessing, shipped set names); ``tta``, ``rescale_area_px`` and ``amp``
+        (``infer.amp``: auto, off, bf16, fp16) override the config's."""
         specs = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
         ensemble = load_ensemble(specs, device=device)  # as dsb predict loads them (tuned thresholds, filter)
         cfg, instance_filter = ensemble.cfg, ensemble.instance_filter
@@ -119,8 +121,17 @@ class Segmenter:
             if rescale_area_px < 0:
                 raise DsbError(f"--rescale-area: must be >= 0, got {rescale_area_px}")
             infer = dataclasses.replace(infer, rescale_area_px=float(rescale_area_px))
+        if amp is not None:
+            if amp not in ("auto", "off", "bf16", "fp16"):
+                raise DsbError(f"--amp: {amp!r} is not one of auto, off, bf16, fp16")
+            infer = dataclasses.replace(infer, amp=amp)
         cfg = dataclasses.replace(cfg, infer=infer)
         return cls(Predictor(ensemble.models, cfg.targets.channels, infer, device=ensemble.device), cfg, instance_filter)
+
+    @property
+    def precision(self) -> str:
+        """What the model computes in: ``"bf16"``, ``"fp16"`` or ``"fp32"``."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.predictor.amp_dtype, "fp32")
 
     @property
     def target_area_px(self) -> float:

@@ -3,8 +3,8 @@
 Layers, bottom to top (README, "Architecture"):
 
 1. ``dsb.data``, ``dsb.models``, ``dsb.postprocess``, ``dsb.rle``, ``dsb.metrics``,
-   ``dsb.submission`` and the small shared modules (config, errors, utils, device,
-   probmaps, rundir, viz);
+   ``dsb.submission``, ``dsb.shift`` and the small shared modules (config, errors, utils,
+   device, probmaps, rundir, viz);
 2. ``dsb.infer`` (prediction), then ``dsb.train`` above it (validation predicts);
 3. run-level workflows: ``dsb.evaluate``, ``dsb.export``, ``dsb.demo``, ``dsb.segmentation``,
    ``dsb.report``;
@@ -25,7 +25,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 BOTTOM = ("dsb.data", "dsb.models", "dsb.postprocess", "dsb.rle", "dsb.metrics", "dsb.submission",
-          "dsb.config", "dsb.errors", "dsb.utils", "dsb.device", "dsb.probmaps", "dsb.rundir", "dsb.viz")
+          "dsb.config", "dsb.errors", "dsb.utils", "dsb.device", "dsb.probmaps", "dsb.rundir", "dsb.viz",
+          "dsb.shift")
 INFER = ("dsb.infer",)
 TRAIN = ("dsb.train",)
 WORKFLOWS = ("dsb.evaluate", "dsb.export", "dsb.demo", "dsb.segmentation", "dsb.report")
