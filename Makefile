@@ -15,8 +15,8 @@ DSB_DATA ?= ../shared/dsb2018/stage1_test.zip
 WEIGHTS  ?= unetpp_r18_nostain_full
 TTA      ?= d4
 # Nuclei grown by this many pixels after the instance filter (postprocess.expand_px): the
-# stage-1 test annotations are drawn about 1 px wider than the training labels (README,
-# "Annotation width"); 0 reproduces the training labels' outlines.
+# stage-1 test annotations are drawn about 1 px wider than the training labels
+# (docs/annotation-width.md); 0 reproduces the training labels' outlines.
 EXPAND_PX ?= 1
 SUBMISSION ?= submissions/stage1_test.csv
 TEST_INPUT = $(shell if [ -e "$(DSB_DATA)/stage1_test.zip" ]; then echo "$(DSB_DATA)/stage1_test.zip"; \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the HTML report's browser test (tests/test_report_browser.py) has a headless
-# Chromium: `make test` and `make test-browser` run this before pytest.
+# Chromium: `make test` (its `browser` step) runs this before pytest.
 #
 # A browser already there (DSB_CHROMIUM, or chromium / chromium-browser / google-chrome on
 # the PATH) is used as it is. Otherwise, on Debian or Ubuntu as root or with password-less

@@ -1,6 +1,6 @@
 """The code's shape, checked: imports run one way, the run folder is spelled once, the CLI is thin.
 
-Layers, bottom to top (README, "Architecture"):
+Layers, bottom to top (docs/architecture.md):
 
 1. ``dsb.data``, ``dsb.models``, ``dsb.postprocess``, ``dsb.rle``, ``dsb.metrics``,
    ``dsb.submission``, ``dsb.shift`` and the small shared modules (config, errors, utils,

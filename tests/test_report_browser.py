@@ -10,7 +10,7 @@ and it can: ``tests/ensure_browser.sh``); ``DSB_CHROMIUM`` may name another Chro
 binary. Without one the test is skipped with that reason in the run's summary, except
 under ``CI=true``, where it FAILS (a CI run never passes without it).
 
-Also a screenshot tool (the README's picture)::
+Also a screenshot tool (the pictures of docs/report.md)::
 
     python -m tests.test_report_browser REPORT_DIR OUT.png [--image OUT_IMAGE.png]
 """
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         chrome.close()
     for path in filter(None, (args.out, args.image)):
-        with Image.open(path) as im:  # the README's pictures: RGB, compressed as far as PNG goes
+        with Image.open(path) as im:  # the pictures of docs/report.md: RGB, compressed as far as PNG goes
             buffer = io.BytesIO()
             im.convert("RGB").save(buffer, "PNG", optimize=True)
         path.write_bytes(buffer.getvalue())

@@ -60,7 +60,7 @@ def test_the_set_is_complete_and_within_40_mb(manifest):
     assert manifest["config"]["name"] == "unetpp_cpu_nostain"
     assert manifest["folds_method"] == "grouped" == manifest["config"]["folds"]["method"]
     assert manifest["config"]["augment"]["normalize_area_px"] == manifest["config"]["infer"]["rescale_area_px"]
-    # trained without the photometric/stain augmentation (README, Ablation); geometry kept
+    # trained without the photometric/stain augmentation (docs/results.md, Ablation); geometry kept
     assert all(manifest["config"]["augment"][f"p_{k}"] == 0 for k in PHOTOMETRIC)
     assert manifest["config"]["augment"]["flips"] and manifest["config"]["augment"]["rotate90"]
     lo, hi = manifest["oof"]["interval_95"]
