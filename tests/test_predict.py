@@ -161,6 +161,20 @@ def test_pixel_budget_bounds_every_forward_pass():
     assert rec.shapes == [(1, 3, 12, 12)] * 4
 
 
+def test_cpu_passes_hold_at_most_cpu_batch_px():
+    from dsb.infer.predict import CPU_BATCH_PX
+
+    rec = Recorder(PixelNet())
+    pred = Predictor([rec], CHANNELS, InferConfig(tta="d4", max_full_px=1_500_000), device="cpu")
+    assert pred.max_batch_px == CPU_BATCH_PX < 1_500_000
+    pred.predict(_image(520, 696))  # a large view goes alone (faster per pixel on CPU) ...
+    assert [b for b, *_ in rec.shapes] == [1] * 8
+    rec.shapes.clear()
+    pred.predict(_image(256, 256))  # ... small ones together
+    assert rec.shapes == [(8, 3, 256, 256)]
+    assert Predictor([rec], CHANNELS, InferConfig(max_full_px=1000), device="cpu").max_batch_px == 1000
+
+
 def test_uint8_and_float64_inputs():
     model = PixelNet()
     image_u8 = (np.random.default_rng(1).random((10, 14, 3)) * 255).astype(np.uint8)

@@ -15,7 +15,10 @@ Usage::
 
     python benchmarks/research/tta_gain.py SOURCE [--folds 0,1,2,3] [--tta none flips d4]
         [--rescale-area 0 700] [--rescale-max 2.0] [--rescale-passes 1 2] [--measure-tta same none]
-        [--limit N] [--data DIR]
+        [--amp off auto] [--limit N] [--data DIR]
+
+``--amp`` compares the precision of the forward passes (``infer.amp``: ``off`` fp32,
+``auto`` bf16 on CPUs with native bf16).
 
 Writes benchmarks/results/tta_gain.json.
 """
@@ -56,16 +59,18 @@ def main() -> int:
     p.add_argument("--measure-tta", nargs="+", default=[""], choices=["", "none", "same"],
                    help="infer.rescale_measure_tta values to compare: TTA of the passes that only measure "
                         "the nuclei's size (default: the run's)")
+    p.add_argument("--amp", nargs="+", default=[""], choices=["", "auto", "off", "bf16"],
+                   help="infer.amp values to compare (default: the run's)")
     p.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
     p.add_argument("--data", type=Path, default=None,
                    help="shipped set only: folder holding the training zip and labels CSV it was trained on")
     args = p.parse_args()
 
     cfg, stage, entries = held_out_folds(args.source, args.folds, args.data)
-    settings = list(itertools.product(args.tta, args.rescale_area, args.rescale_passes, args.measure_tta))
+    settings = list(itertools.product(args.tta, args.rescale_area, args.rescale_passes, args.measure_tta, args.amp))
     names = [f"{tta}" + (f" rescale {area:g}" if area else "") + (f" x{passes}" if area and passes else "")
-             + (f" measure {measure}" if area and measure else "")
-             for tta, area, passes, measure in settings]
+             + (f" measure {measure}" if area and measure else "") + (f" amp {amp}" if amp else "")
+             for tta, area, passes, measure, amp in settings]
     scores: dict[str, list] = {n: [] for n in names}
     seconds = {n: 0.0 for n in names}
     upscaled = {n: 0 for n in names}
@@ -81,8 +86,8 @@ def main() -> int:
         truth = {i: stage.read_label_map(i) for i in ids}
         types.update(entry.types(stage, ids))
         with tempfile.TemporaryDirectory() as tmp:
-            for name, (tta, area, passes, measure) in zip(names, settings):
-                infer = dataclasses.replace(cfg.infer, rescale_area_px=area,
+            for name, (tta, area, passes, measure, amp) in zip(names, settings):
+                infer = dataclasses.replace(cfg.infer, rescale_area_px=area, amp=amp or cfg.infer.amp,
                                             rescale_measure_tta=measure or cfg.infer.rescale_measure_tta,
                                             rescale_max=args.rescale_max or cfg.infer.rescale_max,
                                             rescale_min=args.rescale_min or cfg.infer.rescale_min,

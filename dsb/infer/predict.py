@@ -15,7 +15,8 @@ How an image is predicted:
   go through a sigmoid, are brought back to the image grid and merged (mean, or
   geometric mean) per model; the fold ensemble is the arithmetic mean of the models'
   merged probabilities.
-- Memory is bounded by a pixel budget, ``max_batch_px`` (default ``infer.max_full_px``):
+- Memory is bounded by a pixel budget, ``max_batch_px`` (default ``infer.max_full_px``, at
+  most :data:`CPU_BATCH_PX` on CPU, where larger batches are slower per pixel):
   one forward pass never holds more than that many input pixels. TTA views of one image
   (or tile) are batched together up to the budget (a 256 x 256 image under ``"d4"`` is
   one batch of 8); images with more than ``infer.max_full_px`` pixels are predicted in
@@ -47,6 +48,14 @@ from dsb.infer.tta import MergeMode, TtaMode, tta_predict, tta_transforms
 if TYPE_CHECKING:  # pragma: no cover
     from dsb.config import Config
 
+#: On CPU a forward pass holds at most this many input pixels (one 724 x 724 view, or the
+#: eight d4 views of a 256 x 256 image): larger batches run slower per pixel there (the
+#: U-Net++'s full-resolution activations leave the caches; on 2 cores with AMX, a 520 x 696
+#: view takes 0.25 s alone and 0.35 s each in a batch of four, in bf16; 0.61 and 0.86 s in
+#: fp32), while a batch of eight 256 x 256 views is no slower per view than one.
+CPU_BATCH_PX = 1 << 19
+
+
 class Predictor:
     """Fold ensemble + TTA + tiling: image ``H x W x C`` -> probabilities ``K x H x W``.
 
@@ -66,7 +75,8 @@ class Predictor:
         Autocast for the forward passes (see :func:`dsb.device.amp_dtype`: ``auto`` is bf16 on
         CPUs with native bf16, fp32 on other CPUs); None: ``infer_cfg.amp``.
     max_batch_px : int, optional
-        Input pixels per forward pass; defaults to ``infer_cfg.max_full_px``.
+        Input pixels per forward pass; defaults to ``infer_cfg.max_full_px``, and on CPU to
+        at most :data:`CPU_BATCH_PX`.
     channels_last : bool
         Run the models in channels-last memory format (the models are converted): the
         same numbers, and on CPU (oneDNN) about 2x faster for the U-Net++.
@@ -105,7 +115,9 @@ class Predictor:
         self.channels = list(channels) if channels is not None else None
         self.transforms = tta_transforms(cfg.tta)
         self.merge: MergeMode = cfg.merge
-        self.max_batch_px = int(max_batch_px if max_batch_px is not None else cfg.max_full_px)
+        if max_batch_px is None:
+            max_batch_px = cfg.max_full_px if self.device.type != "cpu" else min(cfg.max_full_px, CPU_BATCH_PX)
+        self.max_batch_px = int(max_batch_px)
         if self.max_batch_px < 1:
             raise ValueError(f"max_batch_px must be positive, got {self.max_batch_px}")
         self._scout: Predictor | None = None
