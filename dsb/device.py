@@ -37,7 +37,7 @@ import torch
 
 from dsb.errors import ConfigError
 
-__all__ = ["AmpMode", "DistInfo", "resolve_device", "amp_dtype", "autocast", "cpu_has_native_bf16", "dist_from_env",
+__all__ = ["AmpMode", "DistInfo", "resolve_device", "amp_dtype", "precision_name", "autocast", "cpu_has_native_bf16", "dist_from_env",
            "process_group", "reuse_freed_memory"]
 
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
@@ -118,6 +118,16 @@ def amp_dtype(mode: AmpMode, device: torch.device, training: bool) -> Optional[t
     if cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def precision_name(mode: AmpMode, device: str | torch.device, training: bool = False) -> str:
+    """What ``mode`` computes in on ``device``, for messages: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+
+    >>> precision_name("off", "cpu")
+    'fp32'
+    """
+    dtype = amp_dtype(mode, torch.device(device), training=training)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
