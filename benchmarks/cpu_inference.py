@@ -2,16 +2,19 @@
 
 Every setting runs over the same images, side by side in one process, through the real
 pipelines; the first setting is the baseline (by default the path ``make submission`` took
-before bf16 inference: fp32, d4 TTA, the kept rescaled pass predicting all eight views):
+before bf16 inference: fp32, d4 TTA, the kept rescaled pass predicting all eight views, batch
+norms not folded):
 
 * ``--mode predict``: :func:`dsb.infer.pipeline.predict_stage`, what ``dsb predict`` and
   ``make submission`` run (the shipped set's instance filter, nuclei grown by ``--expand``);
 * ``--mode segment``: :func:`dsb.segmentation.segment_sources`, what ``dsb segment`` runs
   (label TIFFs, nuclei.csv and summary.csv written).
 
-A setting is ``AMP,TTA,REUSE``: ``infer.amp`` (``off`` fp32, ``auto``: bf16 on CPUs with
-native bf16), the TTA mode, and whether the kept pass reuses the measuring pass's identity
-view (``reuse``, what dsb does now; ``noreuse``, as before). The model time is split into the
+A setting is ``AMP,TTA,REUSE[,FOLD]``: ``infer.amp`` (``off`` fp32, ``auto``: bf16 on CPUs with
+native bf16), the TTA mode, whether the kept pass reuses the measuring pass's identity
+view (``reuse``, what dsb does now; ``noreuse``, as before), and whether the batch norms are
+folded into the convolutions (``fold``, the default and what dsb does now; ``nofold``, as
+before; :mod:`dsb.models.fuse`). The model time is split into the
 passes that only measure the nuclei's size (one view each) and the kept pass (the TTA views);
 the postprocessing runs in parallel workers, so what it adds is the wall time minus the
 model time (``other``: reading, postprocessing and writing beyond the model's time). ``agree`` is the mAP of each setting's label maps scored against the baseline's
@@ -19,7 +22,7 @@ model time (``other``: reading, postprocessing and writing beyond the model's ti
 
     python benchmarks/cpu_inference.py                           # the 65 stage-1 test images
     python benchmarks/cpu_inference.py --mode segment --size 520x696 --images ../shared/dsb2018/stage1_train.zip --limit 20
-    python benchmarks/cpu_inference.py --settings off,d4,noreuse auto,d4,reuse auto,flips,reuse auto,none,reuse
+    python benchmarks/cpu_inference.py --settings off,d4,noreuse,nofold auto,d4,reuse,nofold auto,d4,reuse
 
 Without the images it says so and exits 0. Prints a table; writes
 benchmarks/results/cpu_inference.json (``--out``).
@@ -39,18 +42,20 @@ from _common import finish, parser, real_data_dir, skip
 from dsb.data.kaggle import open_stage
 from dsb.device import precision_name, reuse_freed_memory
 from dsb.infer.pipeline import load_ensemble, predict_stage
+from dsb.infer import predict as predict_module
 from dsb.infer.predict import Predictor
 from dsb.metrics import DatasetScore, image_score
 
-DEFAULT_SETTINGS = ["off,d4,noreuse", "auto,d4,reuse", "auto,flips,reuse", "auto,none,reuse"]
+DEFAULT_SETTINGS = ["off,d4,noreuse,nofold", "auto,d4,reuse,nofold", "auto,d4,reuse", "auto,flips,reuse", "auto,none,reuse"]
 
 
 @contextmanager
-def instrumented(reuse: bool, clock: dict):
+def instrumented(reuse: bool, fold: bool, clock: dict):
     """Time every ``Predictor.predict`` by its number of views (one: the passes that measure
     the nuclei, and every pass under ``--tta none``; more: the kept pass's TTA views); with
-    ``reuse`` off, ``Predictor.rest`` is None (the path before it)."""
-    predict, rest = Predictor.predict, Predictor.rest
+    ``reuse`` off, ``Predictor.rest`` is None (the path before it); with ``fold`` off, the
+    batch norms stay unfolded (the path before :mod:`dsb.models.fuse`)."""
+    predict, rest, folder = Predictor.predict, Predictor.rest, predict_module.fold_batch_norms
 
     def timed_predict(self, image):
         t0 = time.perf_counter()
@@ -64,18 +69,22 @@ def instrumented(reuse: bool, clock: dict):
     Predictor.predict = timed_predict
     if not reuse:
         Predictor.rest = lambda self: None
+    if not fold:
+        predict_module.fold_batch_norms = lambda model: model
     try:
         yield
     finally:
-        Predictor.predict, Predictor.rest = predict, rest
+        Predictor.predict, Predictor.rest, predict_module.fold_batch_norms = predict, rest, folder
 
 
-def parse_setting(text: str) -> tuple[str, str, bool]:
-    amp, tta, reuse = text.split(",")
-    if amp not in ("auto", "off", "bf16") or tta not in ("none", "flips", "d4") or reuse not in ("reuse", "noreuse"):
-        raise SystemExit(f"bad setting {text!r}: AMP,TTA,REUSE with AMP in auto/off/bf16, TTA in none/flips/d4, "
-                         "REUSE in reuse/noreuse")
-    return amp, tta, reuse == "reuse"
+def parse_setting(text: str) -> tuple[str, str, bool, bool]:
+    parts = text.split(",")
+    amp, tta, reuse, fold = (parts + ["fold"])[:4] if len(parts) in (3, 4) else ("", "", "", "")
+    if (amp not in ("auto", "off", "bf16") or tta not in ("none", "flips", "d4") or reuse not in ("reuse", "noreuse")
+            or fold not in ("fold", "nofold")):
+        raise SystemExit(f"bad setting {text!r}: AMP,TTA,REUSE[,FOLD] with AMP in auto/off/bf16, TTA in "
+                         "none/flips/d4, REUSE in reuse/noreuse, FOLD in fold/nofold (default fold)")
+    return amp, tta, reuse == "reuse", fold == "fold"
 
 
 def run_predict(ens, stage, ids, amp, tta, tmp: Path) -> tuple[dict, float]:
@@ -148,9 +157,9 @@ def main() -> int:
           f"checkpoint {args.checkpoint}", flush=True)
 
     rows, baseline_maps = [], None
-    for amp, tta, reuse in settings:
+    for amp, tta, reuse, fold in settings:
         clock: dict = {"tta": tta}
-        with tempfile.TemporaryDirectory() as tmp, instrumented(reuse, clock):
+        with tempfile.TemporaryDirectory() as tmp, instrumented(reuse, fold, clock):
             if args.mode == "predict":
                 maps, wall = run_predict(ens, stage, ids, amp, tta, Path(tmp))
             else:
@@ -160,7 +169,7 @@ def main() -> int:
             baseline_maps = maps
         agree = DatasetScore.from_images(image_score(baseline_maps[k], maps[k], image_id=k) for k in keys).map
         model_s = clock.get("measure_s", 0.0) + clock.get("kept_s", 0.0)
-        row = {"setting": f"{amp},{tta},{'reuse' if reuse else 'noreuse'}", "precision": precision_name(amp, "cpu"),
+        row = {"setting": f"{amp},{tta},{'reuse' if reuse else 'noreuse'}" + ("" if fold else ",nofold"), "precision": precision_name(amp, "cpu"),
                "wall_s": wall, "s_per_image": wall / len(ids), "model_s": model_s,
                "measure_s": clock.get("measure_s", 0.0), "kept_s": clock.get("kept_s", 0.0),
                "rest_s": max(0.0, wall - model_s), "views": clock.get("views", 0),

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import AMP_HELP, Amp, Tta, console, dsb_command, progress_bar
+from cli.common import AMP_HELP, TTA_HELP, Amp, Tta, console, dsb_command, progress_bar
 from dsb.data.images import collect_inputs
 from dsb.utils import check_output_dir
 
@@ -34,8 +34,8 @@ def register(app: typer.Typer) -> None:
         rescale_area: Annotated[Optional[float], typer.Option(
             "--rescale-area", help="Nucleus area in pixels the automatic scale aims at (0: no rescaling; "
                                    "default: the checkpoint's).")] = None,
-        tta: Annotated[Optional[Tta], typer.Option(help="Test-time augmentation (default: the checkpoint's; "
-                                                        "none is about 8x faster than d4).")] = None,
+        tta: Annotated[Optional[Tta], typer.Option(help=TTA_HELP + " Default: the checkpoint's (d4 for the "
+                                                        "shipped set).")] = None,
         fmt: Annotated[str, typer.Option("--format", help="Label images: tif (uint16/uint32) or png (16-bit).")] = "tif",
         rois: Annotated[Optional[list[str]], typer.Option(
             "--rois", help="Also write ROIs: imagej (Fiji ROI zip) and/or geojson (QuPath); repeatable.")] = None,

@@ -41,6 +41,7 @@ from dsb.config import InferConfig
 from dsb.device import AmpMode, amp_dtype, autocast, resolve_device
 from dsb.errors import CheckpointError
 from dsb.models.checkpoint import load_model
+from dsb.models.fuse import fold_batch_norms
 from dsb.rundir import resolve_checkpoints
 from dsb.infer.tiling import predict_tiled
 from dsb.infer.tta import MergeMode, TtaMode, tta_predict, tta_transforms
@@ -80,6 +81,9 @@ class Predictor:
     channels_last : bool
         Run the models in channels-last memory format (the models are converted): the
         same numbers, and on CPU (oneDNN) about 2x faster for the U-Net++.
+
+    The models are put in eval mode and predicted with their batch norms folded into the
+    convolutions before them (:func:`dsb.models.fuse.fold_batch_norms`, on a copy).
     """
 
     def __init__(
@@ -109,7 +113,10 @@ class Predictor:
         self.device = resolve_device(device)
         self.amp_dtype = amp_dtype(amp if amp is not None else cfg.amp, self.device, training=False)
         self.channels_last = channels_last
-        self.models = [m.to(self.device).eval() for m in models]
+        # Batch norms folded into their convolutions (on an eval copy; the given models are
+        # not changed): the same numbers up to rounding, 0.86x the time of a CPU forward pass in
+        # bf16 (dsb.models.fuse).
+        self.models = [fold_batch_norms(m.to(self.device).eval()) for m in models]
         if channels_last:
             self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
         self.channels = list(channels) if channels is not None else None
