@@ -9,8 +9,9 @@ measured reasons:
   (``tests/test_train.py`` checks both precisions), fp32 on other CPUs (emulated bf16 is
   slower), and fp16/bf16 on CUDA;
 * **prediction** uses bf16 autocast on CPUs with native bf16 too: the U-Net++ predicts a
-  520 x 696 view about 2.6x faster than in fp32 there, at the same grouped out-of-fold mAP
-  (``benchmarks/research/tta_gain.py --amp off bf16``; docs/benchmarks.md), fp32 on other
+  520 x 696 view about 2.4x faster than in fp32 there (0.25 s against 0.61 s on 2 cores with
+  AMX), and d4 TTA on grouped fold 0's 164 held-out images scores 0.6013 against 0.6018 in
+  fp32 (``benchmarks/research/tta_gain.py --amp off auto``; docs/benchmarks.md), fp32 on other
   CPUs, and fp16 on CUDA. ``off`` gives fp32 everywhere (probabilities that do not depend
   on the CPU they were computed on).
 
