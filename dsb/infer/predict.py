@@ -114,8 +114,8 @@ class Predictor:
         self.amp_dtype = amp_dtype(amp if amp is not None else cfg.amp, self.device, training=False)
         self.channels_last = channels_last
         # Batch norms folded into their convolutions (on an eval copy; the given models are
-        # not changed): the same numbers up to rounding, 0.86x the time of a CPU forward pass in
-        # bf16 (dsb.models.fuse).
+        # not changed): the same numbers up to rounding, 0.93x the network time on a 2-core
+        # CPU in bf16 (dsb.models.fuse).
         self.models = [fold_batch_norms(m.to(self.device).eval()) for m in models]
         if channels_last:
             self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
