@@ -38,7 +38,7 @@ import torch
 
 from dsb.errors import ConfigError
 
-__all__ = ["AmpMode", "DistInfo", "resolve_device", "amp_dtype", "precision_name", "autocast", "cpu_has_native_bf16", "dist_from_env",
+__all__ = ["AmpMode", "DistInfo", "resolve_device", "amp_dtype", "dtype_name", "precision_name", "autocast", "cpu_has_native_bf16", "dist_from_env",
            "process_group", "reuse_freed_memory"]
 
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
@@ -121,14 +121,22 @@ def amp_dtype(mode: AmpMode, device: torch.device, training: bool) -> Optional[t
     return None
 
 
+def dtype_name(dtype: Optional[torch.dtype]) -> str:
+    """An autocast dtype (None: none) for messages: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+
+    >>> dtype_name(torch.bfloat16), dtype_name(None)
+    ('bf16', 'fp32')
+    """
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
 def precision_name(mode: AmpMode, device: str | torch.device, training: bool = False) -> str:
-    """What ``mode`` computes in on ``device``, for messages: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+    """What ``mode`` computes in on ``device``, for messages (:func:`dtype_name`).
 
     >>> precision_name("off", "cpu")
     'fp32'
     """
-    dtype = amp_dtype(mode, torch.device(device), training=training)
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return dtype_name(amp_dtype(mode, torch.device(device), training=training))
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):

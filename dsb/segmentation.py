@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
-import torch
 
 from dsb.config import Config
 from dsb.data.dataset import prepare_image
 from dsb.data.images import _to_hwc, load_for_model, select_channels, to_model_uint8
+from dsb.device import dtype_name
 from dsb.errors import DataError, DsbError
 from dsb.infer.pipeline import load_ensemble
 from dsb.infer.predict import Predictor
@@ -131,7 +131,7 @@ class Segmenter:
     @property
     def precision(self) -> str:
         """What the model computes in: ``"bf16"``, ``"fp16"`` or ``"fp32"``."""
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.predictor.amp_dtype, "fp32")
+        return dtype_name(self.predictor.amp_dtype)
 
     @property
     def target_area_px(self) -> float:

@@ -52,13 +52,17 @@ def test_a_batch_norm_not_after_a_convolution_is_left_alone():
         assert torch.allclose(model(x), folded(x), atol=1e-5)
 
 
-class OutOfOrder(nn.Module):
-    """Registers conv then bn, but applies the bn to the input: folding would be wrong."""
+class ConvThenBn(nn.Module):
+    """A convolution registered before a batch norm; subclasses choose how they are applied."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 3, padding=1)
         self.bn = nn.BatchNorm2d(3)
+
+
+class OutOfOrder(ConvThenBn):
+    """Registers conv then bn, but applies the bn to the input: folding would be wrong."""
 
     def forward(self, x):
         return self.conv(self.bn(x))
@@ -85,12 +89,7 @@ def test_predictor_predicts_with_folded_models_and_leaves_the_given_one_be():
     assert float((torch.as_tensor(probs) - want).abs().max()) < 1e-4
 
 
-class NeedsLargeInput(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
-
+class NeedsLargeInput(ConvThenBn):
     def forward(self, x):
         if x.shape[-1] < 128:
             raise ValueError("too small")
