@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
                 check_run_config(cfg, run_dir)
             samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
             if dist.is_main:
-                check_run_start(cfg, run_dir, samples)
+                check_run_start(cfg, run_dir, samples, chosen)
                 console.print(f"[bold]run[/] {run_dir}  {'full data' if full else f'folds {chosen}'}  config {cfg.name}")
                 record_run(run_dir, chosen, _command_line(ctx), resumed=resume is not None)
             reuse_freed_memory()  # each step's activations reuse the last one's memory (benchmarks/malloc_reuse.py --train)

@@ -140,10 +140,13 @@ class TrainConfig:
     grad_clip: float = 1.0
     #: EMA decay of the weights (0 disables EMA).
     ema_decay: float = 0.0
-    #: Start from another run's weights (a warm restart with this config's schedule): fold k
-    #: starts from ``<init_from>/fold<k>/last.pt`` and ``--full`` from ``<init_from>/full/last.pt``.
-    #: The run must have the same folds (they are copied from it), so out-of-fold maps stay
-    #: out-of-fold. Relative paths are relative to the working directory.
+    #: Start from other weights (a warm restart with this config's schedule). From a run
+    #: folder, fold k starts from ``<init_from>/fold<k>/last.pt`` and ``--full`` from
+    #: ``<init_from>/full/last.pt``; the run must have the same folds (they are copied from
+    #: it), so out-of-fold maps stay out-of-fold. From one checkpoint (a ``.pt`` file, a
+    #: shipped set's name or a folder holding one model) every model starts from it, except
+    #: a fold's model on the data the checkpoint was trained on (refused: it saw the fold's
+    #: held-out images). Relative paths are relative to the working directory.
     init_from: Optional[str] = None
     #: ``"auto"``: CUDA autocast fp16 on GPU, bf16 on CPU when faster; or force one.
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"

@@ -10,7 +10,6 @@ SHA-256 of the training data files, and the out-of-fold score.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shlex
 import shutil
@@ -21,18 +20,11 @@ from dsb.config import load_config, override_config
 from dsb.data.folds import load_folds, parse_folds
 from dsb.errors import CheckpointError
 from dsb.evaluate import EvaluationReport, evaluate_run
-from dsb.models.checkpoint import load_model, save_checkpoint
+from dsb.models.checkpoint import load_checkpoint, load_model, save_checkpoint
 from dsb.postprocess.filter import load_filter
 from dsb.rundir import FILTER_FILE, MANIFEST, RunDir, load_run_config
-from dsb.utils import atomic_write
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from dsb.train import resolve_init
+from dsb.utils import atomic_write, file_sha256
 
 
 def folds_of_command(command: str, n_folds: int) -> list[int]:
@@ -64,7 +56,14 @@ def _commands_behind(run_info: dict, folds: Sequence[int], n_folds: int) -> list
 
 def _first_stage(init_run: Path) -> dict:
     """What a warm-restarted run (``train.init_from``) started from: the first stage's
-    command and config, so the manifest alone says how to train the shipped weights."""
+    command and config, so the manifest alone says how to train the shipped weights (for
+    a checkpoint: its file, SHA-256 and config, and the manifest of the set it is in)."""
+    source = resolve_init(str(init_run))
+    if source.weights is not None:
+        payload = load_checkpoint(source.weights)
+        manifest = source.weights.parent / MANIFEST
+        return {"weights": str(source.weights), "sha256": file_sha256(source.weights), "config": payload["config"],
+                **({"manifest": json.loads(manifest.read_text())} if manifest.is_file() else {})}
     run = RunDir(init_run)
     info = run.read_record()
     config = load_config(run.config).to_dict() if run.exists() else None

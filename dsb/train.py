@@ -40,8 +40,8 @@ from dsb.models import build_model
 from dsb.models.checkpoint import load_checkpoint, save_checkpoint
 from dsb.postprocess import labels_from_probs
 from dsb.probmaps import quantise_probs, write_prob_folder
-from dsb.rundir import RunDir
-from dsb.utils import atomic_write
+from dsb.rundir import MANIFEST, RunDir, is_run_dir, resolve_checkpoints
+from dsb.utils import atomic_write, file_sha256
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -260,11 +260,13 @@ def _read_history(path: Path) -> list[EpochRecord]:
     return [EpochRecord(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
-def check_run_start(cfg: Config, run_dir: Path, samples: Sequence[Sample]) -> None:
+def check_run_start(cfg: Config, run_dir: Path, samples: Sequence[Sample], folds: Sequence[Optional[int]] = ()) -> None:
     """Refuse, before anything is written to ``run_dir``, what would otherwise fail only after
     ``config.yaml`` is there (leaving a folder that then refuses the corrected config): a run
-    folder that is a file or under one, a warm restart from a folder that is not a run, and
-    folds that cannot be made from these images (or groups)."""
+    folder that is a file or under one, a warm restart from something that is neither a run
+    nor one checkpoint, or from weights that saw the held-out images of one of ``folds``
+    (the folds to train; ``None`` is the full-data model), and folds that cannot be made
+    from these images (or groups)."""
     run = RunDir(run_dir)
     run_dir = run.path
     if run_dir.exists() and not run_dir.is_dir():
@@ -272,10 +274,14 @@ def check_run_start(cfg: Config, run_dir: Path, samples: Sequence[Sample]) -> No
     for parent in run_dir.parents:
         if parent.exists() and not parent.is_dir():
             raise DsbError(f"--run-dir {run_dir}: {parent} is a file, not a folder")
-    if cfg.train.init_from and not RunDir(cfg.train.init_from).folds.is_file():
-        raise ConfigError(f"train.init_from: {RunDir(cfg.train.init_from).folds} not found (not a dsb run folder?)")
-    if run.folds.is_file() or cfg.train.init_from:
-        return  # the folds exist already (or come from the run started from)
+    if cfg.train.init_from:
+        source = resolve_init(cfg.train.init_from)
+        for fold in folds:
+            check_init_fold(source, cfg, fold)
+        if source.run is not None:
+            return  # the folds come from the run started from
+    if run.folds.is_file():
+        return  # the folds exist already
     groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
     try:
         make_folds([s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds,
@@ -297,7 +303,7 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     check_run_start(cfg, run_dir, samples)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)
-    if cfg.train.init_from and not run.folds.is_file():
+    if cfg.train.init_from and resolve_init(cfg.train.init_from).run is not None and not run.folds.is_file():
         # A warm restart keeps the folds of the run it starts from: fold k's model has never
         # seen fold k's images, and must not start to now.
         init_folds = RunDir(cfg.train.init_from).folds  # checked by check_run_start
@@ -310,28 +316,105 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     )
 
 
-def init_weights(model: nn.Module, init_run: Path, fold: Optional[int], folds, device: torch.device) -> Path:
-    """Load fold ``fold``'s last weights of the run ``init_run`` into ``model`` (warm restart).
+@dataclass(frozen=True)
+class InitSource:
+    """Where a warm restart (``train.init_from``) takes its weights: a run folder (fold k
+    from its ``fold<k>/last.pt``, the full-data model from ``full/last.pt``; its folds are
+    copied) or one checkpoint (a ``.pt`` file, or a shipped set or folder holding one)."""
 
-    The two runs must put every image in the same fold, or fold ``fold``'s model would
-    start from weights that saw its held-out images; that is an error, as is a checkpoint
-    of another architecture. Returns the checkpoint used.
-    """
-    folds_file = RunDir(init_run).folds
-    if not folds_file.is_file():
-        raise ConfigError(f"train.init_from: {folds_file} not found (not a dsb run folder?)")
-    theirs = load_folds(folds_file)
-    their_fold = dict(zip(theirs["image_id"], theirs["fold"]))
-    differ = [i for i, k in zip(folds["image_id"], folds["fold"]) if their_fold.get(i) != k]
-    if fold is not None and differ:
-        raise ConfigError(
-            f"train.init_from: {init_run} has other folds ({len(differ)} image(s) differ, e.g. {differ[0]}); "
-            "a warm restart needs the same folds"
-        )
-    path = RunDir(init_run).last(fold)
-    state = load_checkpoint(path, map_location=device)
+    spec: str
+    run: Optional[Path] = None
+    weights: Optional[Path] = None
+
+    def checkpoint(self, fold: Optional[int]) -> Path:
+        return RunDir(self.run).last(fold) if self.run is not None else self.weights
+
+
+def resolve_init(init_from: str) -> InitSource:
+    """Read ``train.init_from``: a run folder (it has ``folds.csv``), else a checkpoint
+    file, a shipped set's name or a folder with exactly one ``*.pt``. Anything else, or
+    a set of several models (which one?), is a :class:`ConfigError` naming it."""
+    path = Path(init_from)
+    if RunDir(path).folds.is_file():
+        return InitSource(init_from, run=path)
+    if is_run_dir(path):
+        raise ConfigError(f"train.init_from: {RunDir(path).folds} not found (a run folder without its folds)")
     try:
-        model.load_state_dict(state["model"])
+        files = resolve_checkpoints(init_from)
+    except CheckpointError:
+        raise ConfigError(f"train.init_from: {init_from}: not found (give a dsb run folder, a checkpoint file "
+                          "or a shipped set)") from None
+    if len(files) != 1:
+        names = ", ".join(f.name for f in files[:6])
+        raise ConfigError(f"train.init_from: {init_from} holds {len(files)} models ({names}); give one .pt file")
+    return InitSource(init_from, weights=files[0])
+
+
+def _same_data(theirs: dict, cfg: Config, manifest: Optional[dict]) -> Optional[str]:
+    """The data file (or synthetic set) that the checkpoint's config ``theirs`` shares with
+    ``cfg``, or None: the same resolved path, or a file whose SHA-256 the set's manifest
+    recorded."""
+    data = theirs.get("data", {})
+    if cfg.data.path == "synthetic":
+        same = data.get("path") == "synthetic" and (data.get("synthetic_n"), data.get("synthetic_seed")) == (
+            cfg.data.synthetic_n, cfg.data.synthetic_seed)
+        return "synthetic" if same else None
+    ours = Path(cfg.data.path)
+    if data.get("path") not in (None, "synthetic") and Path(data["path"]).resolve() == ours.resolve():
+        return str(ours)
+    if manifest and ours.is_file():
+        recorded = set((manifest.get("data_sha256") or {}).values())
+        if recorded and file_sha256(ours) in recorded:
+            return str(ours)
+    return None
+
+
+def check_init_fold(source: InitSource, cfg: Config, fold: Optional[int]) -> None:
+    """Refuse to start fold ``fold``'s model from a checkpoint that was trained on the same
+    data (it saw fold ``fold``'s held-out images, so the fold's score would be no estimate).
+    The full-data model (``fold=None``) may start from any weights; a run folder's folds
+    are checked against this run's in :func:`init_weights`."""
+    if fold is None or source.weights is None:
+        return
+    payload = load_checkpoint(source.weights)
+    manifest_file = source.weights.parent / MANIFEST
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
+    shared = _same_data(payload["config"], cfg, manifest)
+    if shared is not None:
+        raise ConfigError(
+            f"train.init_from: {source.weights} was trained on the same data ({shared}), so fold {fold}'s model "
+            "would start from weights that saw its held-out images; start --full from it, or give a run folder "
+            "with the same folds"
+        )
+
+
+def init_weights(model: nn.Module, init_from: str | Path, fold: Optional[int], folds, device: torch.device,
+                 cfg: Optional[Config] = None) -> Path:
+    """Load the warm restart's weights into ``model``: fold ``fold``'s last weights of a
+    run folder, or one checkpoint (:func:`resolve_init`).
+
+    From a run, the two runs must put every image in the same fold, or fold ``fold``'s
+    model would start from weights that saw its held-out images; from a checkpoint of the
+    same data, only the full-data model may start (:func:`check_init_fold`, given ``cfg``).
+    Both are errors, as is a checkpoint of another architecture. Returns the checkpoint used.
+    """
+    source = resolve_init(str(init_from))
+    if source.run is not None:
+        theirs = load_folds(RunDir(source.run).folds)
+        their_fold = dict(zip(theirs["image_id"], theirs["fold"]))
+        differ = [i for i, k in zip(folds["image_id"], folds["fold"]) if their_fold.get(i) != k]
+        if fold is not None and differ:
+            raise ConfigError(
+                f"train.init_from: {source.run} has other folds ({len(differ)} image(s) differ, e.g. {differ[0]}); "
+                "a warm restart needs the same folds"
+            )
+    elif cfg is not None:
+        check_init_fold(source, cfg, fold)
+    path = source.checkpoint(fold)
+    state = load_checkpoint(path, map_location=device)
+    weights = {k: (v.float() if v.is_floating_point() else v) for k, v in state["model"].items()}  # shipped sets are fp16
+    try:
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: does not fit this config's model: {str(exc).splitlines()[0]}") from None
     return path
@@ -402,7 +485,7 @@ def train_fold(
     precision = amp_dtype(cfg.train.amp, device, training=True)
     model = build_model(cfg).to(device)
     if cfg.train.init_from and not (resume and run.last(fold).is_file()):
-        init_weights(model, Path(cfg.train.init_from), fold, folds, device)
+        init_weights(model, cfg.train.init_from, fold, folds, device, cfg)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
 

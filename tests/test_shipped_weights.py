@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsb.export import file_sha256
+from dsb.utils import file_sha256
 from dsb.rundir import MANIFEST, WEIGHTS_DIR, resolve_checkpoints
 from dsb.segmentation import DEFAULT_CHECKPOINT
 

@@ -268,6 +268,51 @@ def test_warm_restart_starts_from_the_same_folds_models(tmp_path, samples, tiny_
         train_fold(wider, tmp_path / "wider", 1, samples)
 
 
+@pytest.mark.slow  # two short trainings
+def test_warm_restart_from_a_checkpoint_or_a_shipped_set(tmp_path, samples, tiny_train_cfg):
+    """train.init_from: one checkpoint (a .pt file, or a set folder holding one) starts the
+    full-data model; a fold of the same data may not start from it (it saw the fold's
+    held-out images), a fold of other data may; a set of several models is refused."""
+    from dsb.export import export_run
+    from dsb.models import build_model
+    from dsb.models.checkpoint import save_checkpoint
+    from dsb.train import resolve_init
+
+    cfg = tiny_train_cfg()
+    seed_model = build_model(cfg)
+    torch.nn.init.constant_(next(seed_model.parameters()), 0.25)  # unlike any fresh model
+    weights = save_checkpoint(tmp_path / "mine.pt", seed_model, cfg, half=True)
+    frozen = tiny_train_cfg(epochs=1, steps_per_epoch=2, val_every=1, lr=0.0, schedule="constant",
+                            warmup_epochs=0, init_from=str(weights))
+    run = tmp_path / "full_run"
+    train_fold(frozen, run, None, samples)
+    init, after = _params(weights), _params(run / "full" / "last.pt")
+    assert all(torch.equal(init[k].float(), after[k]) for k in init)  # fp16 weights upcast, then unchanged
+
+    with pytest.raises(ConfigError, match="saw its held-out images"):
+        train_fold(frozen, tmp_path / "leak", 0, samples)
+    assert resolve_init(str(tmp_path / "mine.pt")).weights == weights
+    other_data = tiny_train_cfg(epochs=1, steps_per_epoch=1, val_every=1, init_from=str(weights),
+                                sections={"data": {"synthetic_seed": 11}})
+    other_samples = load_samples(other_data.data, other_data.augment.invert_brightfield)
+    train_fold(other_data, tmp_path / "own_images", 0, other_samples)  # fine-tuning on other images
+    assert (tmp_path / "own_images" / "fold0" / "last.pt").is_file()
+
+    manifest = json.loads((export_run(run, "continued", tmp_path / "weights", full=True, oof_map=0.5)
+                           / "manifest.json").read_text())
+    assert manifest["starts_from"]["weights"] == str(weights)
+    assert len(manifest["starts_from"]["sha256"]) == 64
+    shipped = tmp_path / "weights" / "continued"
+    assert resolve_init(str(shipped)).weights == shipped / "full.pt"
+    with pytest.raises(ConfigError, match="saw its held-out images"):  # a shipped set, same data
+        train_fold(tiny_train_cfg(init_from=str(shipped)), tmp_path / "leak2", 1, samples)
+    (shipped / "fold9.pt").write_bytes((shipped / "full.pt").read_bytes())
+    with pytest.raises(ConfigError, match="holds 2 models"):
+        resolve_init(str(shipped))
+    with pytest.raises(ConfigError, match="no_such.pt: not found"):
+        resolve_init(str(tmp_path / "no_such.pt"))
+
+
 def test_ema_model_keeps_the_live_batchnorm_statistics(tiny_train_cfg):
     """An EMA of a model trained from scratch must predict with the current BatchNorm
     statistics, not the initial ones (AveragedModel averages parameters only)."""
