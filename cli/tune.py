@@ -24,8 +24,13 @@ def register(app: typer.Typer) -> None:
             "--instance-filter/--no-instance-filter",
             help="Then fit an instance filter (predicted IoU per instance, cross-validated over experiment "
                  "groups); kept as RUN_DIR/instance_filter.pkl only if it raises the out-of-fold mAP.")] = True,
+        per_type: Annotated[bool, typer.Option(
+            "--per-type/--no-per-type",
+            help="Then tune seeds and thresholds per image type (fluorescence, stained, brightfield), kept for a "
+                 "type only where they beat the common ones on held-out experiment groups.")] = True,
     ) -> None:
-        """Search the postprocessing thresholds that maximise the out-of-fold mAP.
+        """Search the postprocessing thresholds that maximise the out-of-fold mAP, then each
+        image type's own seeds and thresholds where they score better held out.
 
         The best values are written to RUN_DIR/postprocess.yaml and used from then on
         by `dsb evaluate` and `dsb predict --checkpoint RUN_DIR`. The instance filter is used
@@ -38,16 +43,30 @@ def register(app: typer.Typer) -> None:
         console.print(f"searching the postprocessing of {run_dir} on its out-of-fold maps")
         with progress_bar(transient=True) as progress:
             task = progress.add_task("tune", total=None)
-            result = tune_run(run_dir, rounds=rounds, fit_filter=instance_filter,
+            result = tune_run(run_dir, rounds=rounds, fit_filter=instance_filter, per_type=per_type,
                               on_eval=lambda _p, _m: progress.advance(task))
         tuned = result.tuned
         table = Table(title=f"tuned postprocessing ({tuned.n_evaluations} evaluations)")
         for col in ("field", "before", "after"):
             table.add_column(col)
         for name, value in tuned.best.__dict__.items():
-            table.add_row(name, str(getattr(result.before, name)), str(value))
+            if name != "by_type":
+                table.add_row(name, str(getattr(result.before, name)), str(value))
         table.add_row("[bold]OOF mAP", f"{tuned.start_map:.4f}", f"[bold]{tuned.best_map:.4f}")
         console.print(table)
+        if result.by_type:
+            kinds = Table(title="per image type: mAP held out (each third of a type's experiment groups scored "
+                                "with settings tuned on the others)")
+            for col in ("type", "images", "groups", "common", "own", "settings"):
+                kinds.add_column(col)
+            for row in result.by_type:
+                held = [("-" if v is None else f"{v:.4f}") for v in (row.held_out_common, row.held_out_own)]
+                kept = "own" if row.changes else ("common (too few groups)" if row.held_out_own is None else "common")
+                kinds.add_row(row.image_type, str(row.n_images), str(row.n_groups), *held, kept)
+            console.print(kinds)
+            for row in result.by_type:
+                if row.changes:
+                    console.print(f"{row.image_type}: " + ", ".join(f"{k} {v:g}" for k, v in row.changes.items()))
         console.print(f"wrote {result.tuned_path}")
         fitted = result.instance_filter
         if fitted is not None:

@@ -163,6 +163,45 @@ class TrainConfig:
     val_tta: Literal["none", "flips", "d4"] = "none"
 
 
+#: The postprocessing fields an image type may set apart from the others (by_type).
+TYPE_FIELDS = ("seed_threshold", "mask_threshold", "border_weight", "touching_weight", "min_seed_area_px", "min_area_px")
+
+
+@dataclass
+class PostprocessOverrides:
+    """The postprocessing of one image type where it differs from the common one: a field
+    left ``None`` keeps the common value (see :data:`TYPE_FIELDS`)."""
+
+    seed_threshold: Optional[float] = None
+    mask_threshold: Optional[float] = None
+    border_weight: Optional[float] = None
+    touching_weight: Optional[float] = None
+    min_seed_area_px: Optional[int] = None
+    min_area_px: Optional[int] = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields this type sets (those not ``None``)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class TypeOverrides:
+    """Per image type (:mod:`dsb.data.imagetypes`), the postprocessing that differs (or None)."""
+
+    fluorescence: Optional[PostprocessOverrides] = None
+    stained: Optional[PostprocessOverrides] = None
+    brightfield: Optional[PostprocessOverrides] = None
+
+    def changes(self) -> dict[str, dict[str, Any]]:
+        """``{image_type: {field: value}}`` for the types that change something."""
+        out = {}
+        for name in ("fluorescence", "stained", "brightfield"):
+            over = getattr(self, name)
+            if over is not None and over.changes():
+                out[name] = over.changes()
+        return out
+
+
 @dataclass
 class PostprocessConfig:
     """Probabilities to instances: seeds, flood, cleanup (see :mod:`dsb.postprocess`)."""
@@ -180,6 +219,23 @@ class PostprocessConfig:
     #: else at least 1 (the 4 neighbours); 1.5 adds the diagonal ones, 2 the next ring.
     #: For annotations drawn wider than the model's masks.
     expand_px: float = 0.0
+    #: Per image type, seeds and thresholds that differ from the fields above (``dsb tune``
+    #: sets them where that scores better on held-out experiment groups), e.g.
+    #: ``by_type: {stained: {seed_threshold: 0.6}}``. Prediction classifies each image
+    #: (:func:`dsb.data.imagetypes.classify_image`) and uses :meth:`for_type`.
+    by_type: TypeOverrides = field(default_factory=TypeOverrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain values; ``by_type`` only with the types and fields it sets."""
+        return {**asdict(self), "by_type": self.by_type.changes()}
+
+    def for_type(self, image_type: Optional[str]) -> "PostprocessConfig":
+        """The postprocessing of an image of ``image_type``: the common fields with that
+        type's changes applied, and no ``by_type`` left (None or a type without changes:
+        the common fields)."""
+        common = dataclasses.replace(self, by_type=TypeOverrides())
+        over = getattr(self.by_type, image_type, None) if image_type in ("fluorescence", "stained", "brightfield") else None
+        return dataclasses.replace(common, **over.changes()) if over is not None else common
 
 
 @dataclass
@@ -226,7 +282,9 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["postprocess"] = self.postprocess.to_dict()
+        return data
 
     def validate(self) -> "Config":
         """Range and cross-field checks that types alone cannot express.
@@ -377,6 +435,15 @@ def _check_ranges(cfg: "Config") -> None:
             if not _in_range(v, low, high, low_open, high_open):
                 where = f"{key}[{i}]" if isinstance(value, list) else key
                 raise ConfigError(f"{where}: {v!r} is out of range; must be {_range_text(low, high, low_open, high_open)}")
+    for image_type in cfg.postprocess.by_type.changes():
+        typed = cfg.postprocess.for_type(image_type)
+        for key, (low, high, low_open, high_open) in RANGES.items():
+            section, name = key.split(".")
+            if section == "postprocess" and name in TYPE_FIELDS:
+                v = getattr(typed, name)
+                if not _in_range(v, low, high, low_open, high_open):
+                    raise ConfigError(f"postprocess.by_type.{image_type}.{name}: {v!r} is out of range; "
+                                      f"must be {_range_text(low, high, low_open, high_open)}")
     aug = cfg.augment
     if aug.scale_min > aug.scale_max:
         raise ConfigError(

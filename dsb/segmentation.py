@@ -41,12 +41,12 @@ from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 
-from dsb.config import Config
+from dsb.config import Config, PostprocessConfig
 from dsb.data.dataset import prepare_image
 from dsb.data.images import _to_hwc, load_for_model, select_channels, to_model_uint8
 from dsb.device import dtype_name
 from dsb.errors import DataError, DsbError
-from dsb.infer.pipeline import load_ensemble
+from dsb.infer.pipeline import load_ensemble, postprocess_for
 from dsb.infer.predict import Predictor
 from dsb.infer.rescale import RESCALE_TOLERANCE, choose_scale, predict_at_scale, predict_rescaled
 from dsb.postprocess.filter import filtered_labels
@@ -92,9 +92,9 @@ class Segmenter:
         #: (:func:`dsb.postprocess.filter.filtered_labels`).
         self.instance_filter = instance_filter
 
-    def _labels(self, probs: np.ndarray) -> np.ndarray:
+    def _labels(self, probs: np.ndarray, post: PostprocessConfig) -> np.ndarray:
 
-        return filtered_labels(probs, self.cfg.targets.channels, self.cfg.postprocess, self.instance_filter)
+        return filtered_labels(probs, self.cfg.targets.channels, post, self.instance_filter)
 
     @classmethod
     def load(
@@ -167,6 +167,7 @@ class Segmenter:
             raise ValueError(f"image must be H x W x 3 uint8, got {image.shape} {image.dtype}")
         cfg = self.cfg
         channels = cfg.targets.channels
+        post = postprocess_for(cfg.postprocess, image)  # its image type's, as dsb predict does
         prepared = prepare_image(image, cfg.augment.invert_brightfield)
         height, width = prepared.shape[:2]
         infer = self.predictor.infer_cfg
@@ -175,25 +176,24 @@ class Segmenter:
             # Exactly what dsb predict does (predict_stage).
             x = prepared.astype(np.float32) / 255.0
             if fixed is None:
-                probs, scale = predict_rescaled(self.predictor, x, channels, cfg.postprocess, infer)
+                probs, scale = predict_rescaled(self.predictor, x, channels, post, infer)
             else:
                 probs, scale = predict_at_scale(self.predictor, x, fixed), fixed
-            return self._labels(probs), scale
+            return self._labels(probs, post), scale
         if fixed is not None:
-            return self._blocks(prepared, fixed, block_px), fixed
-        labels = self._blocks(prepared, 1.0, block_px)
+            return self._blocks(prepared, fixed, block_px, post), fixed
+        labels = self._blocks(prepared, 1.0, block_px, post)
         if not infer.rescale_area_px:
             return labels, 1.0
         scale = choose_scale(labels, infer.rescale_area_px, infer.rescale_min, infer.rescale_max)
         if abs(scale - 1.0) < RESCALE_TOLERANCE:
             return labels, 1.0
         del labels
-        return self._blocks(prepared, scale, block_px), scale
+        return self._blocks(prepared, scale, block_px, post), scale
 
-    def _blocks(self, image: np.ndarray, scale: float, block_px: int) -> np.ndarray:
+    def _blocks(self, image: np.ndarray, scale: float, block_px: int, post: PostprocessConfig) -> np.ndarray:
         """Label map of a large prepared uint8 image, block by block (see the module doc)."""
 
-        cfg = self.cfg
         height, width = image.shape[:2]
         margin = max(MIN_MARGIN_PX, int(math.ceil(2.0 * self.target_diameter_px / scale)))
         out = np.zeros((height, width), np.int32)
@@ -206,7 +206,7 @@ class Segmenter:
                 crop = image[oy0:oy1, ox0:ox1].astype(np.float32) / 255.0
                 probs = predict_at_scale(self.predictor, crop, scale)
                 del crop
-                labels = self._labels(probs)
+                labels = self._labels(probs, post)
                 del probs
                 n = int(labels.max())
                 if n == 0:
@@ -231,7 +231,7 @@ class Segmenter:
                 out[gy[free], gx[free]] = values[free]
         # Instances cut down by a neighbour's claim may fall under the minimum area.
         areas = np.bincount(out.ravel(), minlength=next_id)
-        keep = areas >= max(cfg.postprocess.min_area_px, 1)
+        keep = areas >= max(post.min_area_px, 1)
         keep[0] = False
         new_ids = (np.cumsum(keep) * keep).astype(np.int32)
         return new_ids[out]

@@ -140,9 +140,10 @@ def evaluate_samples(
             [model], cfg.targets.channels, dataclasses.replace(cfg.infer, tta=cfg.train.val_tta), device=device
         )
         for sample in samples:
+            post = cfg.postprocess.for_type(sample.image_type)
             probs, _ = predict_rescaled(predictor, sample.image.astype(np.float32) / 255.0,
-                                        cfg.targets.channels, cfg.postprocess, predictor.infer_cfg)
-            pred = labels_from_probs(probs, cfg.targets.channels, cfg.postprocess)
+                                        cfg.targets.channels, post, predictor.infer_cfg)
+            pred = labels_from_probs(probs, cfg.targets.channels, post)
             per_image[sample.image_id] = float(image_score(sample.label_map, pred).score)
             if keep_probs:
                 kept[sample.image_id] = quantise_probs(probs)

@@ -19,8 +19,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from dsb.config import Config, override_config
+from dsb.config import Config, PostprocessConfig, override_config
 from dsb.data.dataset import prepare_image
+from dsb.data.imagetypes import classify_image
 from dsb.device import resolve_device
 from dsb.infer.predict import Predictor, load_models
 from dsb.infer.rescale import predict_rescaled
@@ -91,6 +92,13 @@ def find_instance_filter(checkpoints: Sequence[Path]):
     return None
 
 
+def postprocess_for(post: PostprocessConfig, raw: np.ndarray) -> PostprocessConfig:
+    """The postprocessing of the image ``raw`` (``H x W x 3`` uint8, as read): ``post`` with
+    its image type's changes (``postprocess.by_type``; the type is classified only when some
+    type has changes)."""
+    return post.for_type(classify_image(raw.astype(np.float32) / 255.0) if post.by_type.changes() else None)
+
+
 def _postprocess(image_id, probs, channels, post_cfg, keep_image, overlays_dir, want_overlay, instance_filter=None):
 
     t0 = time.perf_counter()
@@ -158,9 +166,10 @@ def predict_stage(
         for index, image_id in enumerate(ids):
             raw = stage.read_image_uint8(image_id)
             shapes[image_id] = raw.shape[:2]
+            post = postprocess_for(cfg.postprocess, raw)
             image = prepare_image(raw, cfg.augment.invert_brightfield).astype(np.float32) / 255.0
             t0 = time.perf_counter()
-            probs, scale = predict_rescaled(predictor, image, cfg.targets.channels, cfg.postprocess, predictor.infer_cfg)
+            probs, scale = predict_rescaled(predictor, image, cfg.targets.channels, post, predictor.infer_cfg)
             scales[image_id] = scale
             model_seconds += time.perf_counter() - t0
             if save_probs_dir is not None:
@@ -168,7 +177,7 @@ def predict_stage(
                 np.save(Path(save_probs_dir) / f"{image_id}.npy", quantise_probs(probs))
             want_overlay = max_overlays is None or index < max_overlays
             pending.append(pool.submit(
-                _postprocess, image_id, probs, cfg.targets.channels, cfg.postprocess,
+                _postprocess, image_id, probs, cfg.targets.channels, post,
                 raw if want_overlay else None, overlays_dir, want_overlay, instance_filter,
             ))
             # Bound the queue so memory stays flat: at most 2 images per worker in flight.
