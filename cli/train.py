@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         """
         from dsb.data.samples import load_samples
         from dsb.device import process_group, reuse_freed_memory
-        from dsb.train import check_run_config, check_run_start, record_run, train_fold
+        from dsb.train import check_init_start, check_run_config, check_run_start, record_run, train_fold
 
         overrides = list(set_ or [])
         if data is not None:
@@ -104,6 +104,8 @@ def register(app: typer.Typer) -> None:
             # decoded here), the folds and a warm restart's source run.
             if dist.is_main:
                 check_run_config(cfg, run_dir)
+                if cfg.train.init_from:
+                    check_init_start(cfg, chosen)
             samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
             if dist.is_main:
                 check_run_start(cfg, run_dir, samples, chosen)

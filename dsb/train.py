@@ -276,10 +276,7 @@ def check_run_start(cfg: Config, run_dir: Path, samples: Sequence[Sample], folds
         if parent.exists() and not parent.is_dir():
             raise DsbError(f"--run-dir {run_dir}: {parent} is a file, not a folder")
     if cfg.train.init_from:
-        source = resolve_init(cfg.train.init_from)
-        for fold in folds:
-            check_init_fold(source, cfg, fold)
-        if source.run is not None:
+        if check_init_start(cfg, folds).run is not None:
             return  # the folds come from the run started from
     if run.folds.is_file():
         return  # the folds exist already
@@ -387,6 +384,16 @@ def check_init_fold(source: InitSource, cfg: Config, fold: Optional[int]) -> Non
             "would start from weights that saw its held-out images; start --full from it, or give a run folder "
             "with the same folds"
         )
+
+
+def check_init_start(cfg: Config, folds: Sequence[Optional[int]]) -> InitSource:
+    """Check ``train.init_from`` for training ``folds`` (``None``: the full-data model) before
+    any data is read: it must name a run folder or one checkpoint, and a checkpoint of the same
+    data may start only the full-data model. Returns the source."""
+    source = resolve_init(cfg.train.init_from)
+    for fold in folds:
+        check_init_fold(source, cfg, fold)
+    return source
 
 
 def init_weights(model: nn.Module, init_from: str | Path, fold: Optional[int], folds, device: torch.device,

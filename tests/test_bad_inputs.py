@@ -118,6 +118,36 @@ def test_bad_init_from_leaves_no_run_folder(tmp_path):
     assert not run_dir.exists()
 
 
+def test_init_from_weights_of_the_same_data_refuses_a_fold_before_reading_it(tmp_path, monkeypatch):
+    """A fold's model may not start from weights trained on its own held-out images; the
+    refusal comes before any image is decoded, and leaves no run folder."""
+    from dsb.config import load_config
+    from dsb.models import build_model
+    from dsb.models.checkpoint import save_checkpoint
+
+    config = demo_config(tmp_path, **{"data.synthetic_n": 4, "folds.n_folds": 2, "folds.method": "stratified"})
+    cfg = load_config(config)
+    weights = save_checkpoint(tmp_path / "theirs.pt", build_model(cfg, load_weights=False), cfg)
+    config = demo_config(tmp_path, **{"data.synthetic_n": 4, "folds.n_folds": 2, "folds.method": "stratified",
+                                      "train.init_from": str(weights)})
+
+    def no_reading(*_a, **_k):
+        raise AssertionError("the images were read before the refusal")
+
+    monkeypatch.setattr("dsb.data.samples.load_samples", no_reading)
+    run_dir = tmp_path / "run"
+    result = invoke("train", "--config", config, "--run-dir", run_dir, "--fold", "1")
+    assert result.exit_code == 2 and "theirs.pt was trained on the same data (synthetic)" in result.stderr
+    assert "held-out images" in result.stderr and not run_dir.exists()
+    many = tmp_path / "set"
+    many.mkdir()
+    for name in ("fold0.pt", "fold1.pt"):
+        (many / name).write_bytes(weights.read_bytes())
+    config = demo_config(tmp_path, **{"data.synthetic_n": 4, "train.init_from": str(many)})
+    result = invoke("train", "--config", config, "--run-dir", run_dir, "--full")
+    assert result.exit_code == 2 and "holds 2 models (fold0.pt, fold1.pt); give one .pt file" in result.stderr
+
+
 def test_numbers_in_any_notation(tmp_path):
     """Defect 7: YAML 1.1 reads 1e-3 as a string; it is a number here, in files and --set."""
     path = tmp_path / "c.yaml"

@@ -118,7 +118,7 @@ def test_weights_are_half_precision_and_load(manifest):
         assert payload["half"]
         assert all(v.dtype == torch.float16 for v in payload["model"].values() if v.is_floating_point())
         model, cfg, _ = load_model(SET_DIR / entry["file"])
-        assert cfg.postprocess.__dict__ == {**cfg.postprocess.__dict__, **manifest["config"]["postprocess"]}
+        assert cfg.postprocess.to_dict() == {**cfg.postprocess.to_dict(), **manifest["config"]["postprocess"]}
         assert cfg.infer.__dict__ == {**cfg.infer.__dict__, **manifest["config"]["infer"]}
         assert all(p.dtype == torch.float32 for p in model.parameters())
 
