@@ -376,7 +376,10 @@ def check_init_fold(source: InitSource, cfg: Config, fold: Optional[int]) -> Non
         return
     payload = load_checkpoint(source.weights)
     manifest_file = source.weights.parent / MANIFEST
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
+    try:
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None  # the checkpoint's own config still names its data
     shared = _same_data(payload["config"], cfg, manifest)
     if shared is not None:
         raise ConfigError(
