@@ -669,6 +669,8 @@ class TuneRunResult:
     filter_path: Optional[Path] = None
     #: Per image type, what :func:`tune_by_type` found (empty when not asked for).
     by_type: list = dataclasses.field(default_factory=list)
+    #: The out-of-fold mAP with the common settings alone (``tuned.best_map`` adds the types' own).
+    common_map: Optional[float] = None
 
 
 def tune_run(
@@ -685,13 +687,14 @@ def tune_run(
     # otherwise stay in force for its images), then each type's own (by_type).
     tuned = tune(items, cfg.targets.channels, cfg.postprocess.for_type(None), rounds=rounds, on_eval=on_eval)
     by_type: list[TypeTuning] = []
+    common_map = tuned.best_map
     if per_type:
         typed, by_type = tune_by_type(items, cfg.targets.channels, tuned.best, rounds=rounds, on_eval=on_eval)
         if typed.by_type.changes():
             score = score_items(items, cfg.targets.channels, typed)[0].map
             tuned = dataclasses.replace(tuned, best=typed, best_map=score)
     result = TuneRunResult(tuned=tuned, tuned_path=save_tuned(run_dir, tuned), before=cfg.postprocess,
-                           by_type=by_type)
+                           by_type=by_type, common_map=common_map)
     if fit_filter:
         fitted = fit_instance_filter(items, cfg.targets.channels, tuned.best)
         result.instance_filter, result.filter_path = fitted, run.instance_filter
