@@ -92,3 +92,37 @@ def test_prediction_classifies_each_image_for_its_settings():
     assert postprocess_for(post, stained).seed_threshold == 0.7
     assert postprocess_for(post, fluorescence).seed_threshold == post.seed_threshold
     assert not postprocess_for(post, stained).by_type.changes()
+
+
+def test_a_runs_type_settings_travel_to_prediction_and_into_an_exported_set(tmp_path, tiny_train_cfg):
+    """The by_type of postprocess.yaml (dsb tune) is what `dsb predict --checkpoint RUN` uses
+    and what `dsb export` writes into the set's checkpoints and manifest."""
+    import json
+
+    import yaml
+
+    from dsb.config import save_config
+    from dsb.export import export_run
+    from dsb.infer.pipeline import load_ensemble
+    from dsb.models import build_model
+    from dsb.models.checkpoint import load_model, save_checkpoint
+
+    cfg = tiny_train_cfg()
+    run = tmp_path / "run"
+    (run / "fold0").mkdir(parents=True)
+    save_config(cfg, run / "config.yaml")
+    save_checkpoint(run / "fold0" / "best.pt", build_model(cfg, load_weights=False), cfg)
+    tuned = {**cfg.postprocess.to_dict(), "mask_threshold": 0.45,
+             "by_type": {"stained": {"mask_threshold": 0.3, "min_seed_area_px": 24}}}
+    (run / "postprocess.yaml").write_text(yaml.safe_dump({"postprocess": tuned, "oof_map": 0.5}))
+
+    ensemble = load_ensemble([str(run)])
+    assert ensemble.cfg.postprocess.for_type("stained").mask_threshold == 0.3
+    assert ensemble.cfg.postprocess.for_type("fluorescence").mask_threshold == 0.45
+
+    out = export_run(run, "typed", tmp_path / "weights", oof_map=0.5)
+    _, shipped_cfg, _ = load_model(out / "fold0.pt")
+    assert shipped_cfg.postprocess.for_type("stained").min_seed_area_px == 24
+    assert shipped_cfg.postprocess.for_type("brightfield").min_seed_area_px == cfg.postprocess.min_seed_area_px
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["postprocess"]["by_type"] == {"stained": {"mask_threshold": 0.3, "min_seed_area_px": 24}}
