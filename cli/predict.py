@@ -61,6 +61,8 @@ def register(app: typer.Typer) -> None:
         kept = f", instance filter (IoU >= {ens.instance_filter.threshold:g})" if ens.instance_filter is not None else ""
         if cfg.postprocess.expand_px:
             kept += f", nuclei grown by {cfg.postprocess.expand_px:g} px"
+        if cfg.postprocess.by_type.changes():
+            kept += f", own thresholds for {' and '.join(cfg.postprocess.by_type.changes())} images"
         console.print(f"{len(ens.paths)} model(s), {len(stage.image_ids)} images, TTA {mode or cfg.infer.tta}{rescale}{kept}, "
                       f"device {ens.device} ({precision_name(cfg.infer.amp, ens.device)})")
         with progress_bar() as progress:
