@@ -180,7 +180,7 @@ def tune_by_type(
     as ``by_type``. Types with fewer than ``min_groups`` groups, and a run of one type, keep
     the common settings. The common settings are tuned on every image, held-out parts
     included, so the comparison favours them. On grouped fold 0, stained images (27, in 12
-    groups) gained 0.013-0.038 held out in three runs; fluorescence lost (docs/results.md).
+    groups) gained 0.013-0.038 held out in four runs; fluorescence lost (docs/results.md).
     """
     common = common.for_type(None)
     grid = {k: v for k, v in TUNE_GRID.items() if k in TYPE_FIELDS}
