@@ -163,6 +163,8 @@ class TrainConfig:
     val_tta: Literal["none", "flips", "d4"] = "none"
 
 
+#: The image types that may have their own postprocessing (those of dsb.data.imagetypes).
+TYPE_NAMES = ("fluorescence", "stained", "brightfield")
 #: The postprocessing fields an image type may set apart from the others (by_type).
 TYPE_FIELDS = ("seed_threshold", "mask_threshold", "border_weight", "touching_weight", "min_seed_area_px", "min_area_px")
 
@@ -195,7 +197,7 @@ class TypeOverrides:
     def changes(self) -> dict[str, dict[str, Any]]:
         """``{image_type: {field: value}}`` for the types that change something."""
         out = {}
-        for name in ("fluorescence", "stained", "brightfield"):
+        for name in TYPE_NAMES:
             over = getattr(self, name)
             if over is not None and over.changes():
                 out[name] = over.changes()
@@ -234,7 +236,7 @@ class PostprocessConfig:
         type's changes applied, and no ``by_type`` left (None or a type without changes:
         the common fields)."""
         common = dataclasses.replace(self, by_type=TypeOverrides())
-        over = getattr(self.by_type, image_type, None) if image_type in ("fluorescence", "stained", "brightfield") else None
+        over = getattr(self.by_type, image_type) if image_type in TYPE_NAMES else None
         return dataclasses.replace(common, **over.changes()) if over is not None else common
 
 

@@ -126,3 +126,10 @@ def test_a_runs_type_settings_travel_to_prediction_and_into_an_exported_set(tmp_
     assert shipped_cfg.postprocess.for_type("brightfield").min_seed_area_px == cfg.postprocess.min_seed_area_px
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["postprocess"]["by_type"] == {"stained": {"mask_threshold": 0.3, "min_seed_area_px": 24}}
+
+
+def test_the_types_with_settings_are_the_classifiers_types():
+    from dsb.config import TYPE_NAMES, TypeOverrides
+    from dsb.data.imagetypes import IMAGE_TYPES
+
+    assert set(TYPE_NAMES) == set(IMAGE_TYPES) == {f.name for f in dataclasses.fields(TypeOverrides)}
