@@ -189,20 +189,21 @@ def tune_by_type(
     report: list[TypeTuning] = []
     for image_type in types if len(types) > 1 else []:
         mine = [item for item in items if item.image_type == image_type]
-        groups = sorted({item.group or item.image_id for item in mine})
+        group_of = [item.group or item.image_id for item in mine]
+        groups = sorted(set(group_of))
         if len(groups) < min_groups:
             report.append(TypeTuning(image_type, len(mine), len(groups), None, None, {}))
             continue
         order = np.random.default_rng(seed).permutation(len(groups))
-        parts = [{groups[i] for i in order[k::min(n_parts, len(groups))]} for k in range(min(n_parts, len(groups)))]
-        own_scores, common_scores = [], []
+        n = min(n_parts, len(groups))
+        parts = [{groups[i] for i in order[k::n]} for k in range(n)]
+        own_scores = []
         for part in parts:
-            fit = [item for item in mine if (item.group or item.image_id) not in part]
-            held = [item for item in mine if (item.group or item.image_id) in part]
+            fit = [item for item, g in zip(mine, group_of) if g not in part]
+            held = [item for item, g in zip(mine, group_of) if g in part]
             tuned = tune(fit, channels, common, grid=grid, rounds=rounds, on_eval=on_eval)
             own_scores += [s.score for s in score_items(held, channels, tuned.best)[0].images]
-            common_scores += [s.score for s in score_items(held, channels, common)[0].images]
-        own, base = float(np.mean(own_scores)), float(np.mean(common_scores))
+        own, base = float(np.mean(own_scores)), score_items(mine, channels, common)[0].map  # every image once
         changes: dict = {}
         if own > base + min_gain:
             best = tune(mine, channels, common, grid=grid, rounds=rounds, on_eval=on_eval).best

@@ -367,12 +367,14 @@ def _same_data(theirs: dict, cfg: Config, manifest: Optional[dict]) -> Optional[
     return None
 
 
-def check_init_fold(source: InitSource, cfg: Config, fold: Optional[int]) -> None:
-    """Refuse to start fold ``fold``'s model from a checkpoint that was trained on the same
-    data (it saw fold ``fold``'s held-out images, so the fold's score would be no estimate).
-    The full-data model (``fold=None``) may start from any weights; a run folder's folds
-    are checked against this run's in :func:`init_weights`."""
-    if fold is None or source.weights is None:
+def check_init_folds(source: InitSource, cfg: Config, folds: Sequence[Optional[int]]) -> None:
+    """Refuse to start a fold's model (any of ``folds`` but ``None``, the full-data model)
+    from a checkpoint that was trained on the same data: it saw the fold's held-out images, so
+    the fold's score would be no estimate. The full-data model may start from any weights; a
+    run folder's folds are checked against this run's in :func:`init_weights`. The checkpoint
+    (and the data's SHA-256) is read once, whatever the number of folds."""
+    fold_runs = [k for k in folds if k is not None]
+    if not fold_runs or source.weights is None:
         return
     payload = load_checkpoint(source.weights)
     manifest_file = source.weights.parent / MANIFEST
@@ -383,9 +385,9 @@ def check_init_fold(source: InitSource, cfg: Config, fold: Optional[int]) -> Non
     shared = _same_data(payload["config"], cfg, manifest)
     if shared is not None:
         raise ConfigError(
-            f"train.init_from: {source.weights} was trained on the same data ({shared}), so fold {fold}'s model "
-            "would start from weights that saw its held-out images; start --full from it, or give a run folder "
-            "with the same folds"
+            f"train.init_from: {source.weights} was trained on the same data ({shared}), so fold {fold_runs[0]}'s "
+            "model would start from weights that saw its held-out images; start --full from it, or give a run "
+            "folder with the same folds"
         )
 
 
@@ -394,8 +396,7 @@ def check_init_start(cfg: Config, folds: Sequence[Optional[int]]) -> InitSource:
     any data is read: it must name a run folder or one checkpoint, and a checkpoint of the same
     data may start only the full-data model. Returns the source."""
     source = resolve_init(cfg.train.init_from)
-    for fold in folds:
-        check_init_fold(source, cfg, fold)
+    check_init_folds(source, cfg, folds)
     return source
 
 
@@ -406,7 +407,7 @@ def init_weights(model: nn.Module, init_from: str | Path, fold: Optional[int], f
 
     From a run, the two runs must put every image in the same fold, or fold ``fold``'s
     model would start from weights that saw its held-out images; from a checkpoint of the
-    same data, only the full-data model may start (:func:`check_init_fold`, given ``cfg``).
+    same data, only the full-data model may start (:func:`check_init_folds`, given ``cfg``).
     Both are errors, as is a checkpoint of another architecture. Returns the checkpoint used.
     """
     source = resolve_init(str(init_from))
@@ -420,7 +421,7 @@ def init_weights(model: nn.Module, init_from: str | Path, fold: Optional[int], f
                 "a warm restart needs the same folds"
             )
     elif cfg is not None:
-        check_init_fold(source, cfg, fold)
+        check_init_folds(source, cfg, [fold])
     path = source.checkpoint(fold)
     state = load_checkpoint(path, map_location=device)
     weights = {k: (v.float() if v.is_floating_point() else v) for k, v in state["model"].items()}  # shipped sets are fp16
