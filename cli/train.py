@@ -104,8 +104,7 @@ def register(app: typer.Typer) -> None:
             # decoded here), the folds and a warm restart's source run.
             if dist.is_main:
                 check_run_config(cfg, run_dir)
-                if cfg.train.init_from:
-                    check_init_start(cfg, chosen)
+                check_init_start(cfg, chosen)  # train.init_from and train.distill_from
             samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
             if dist.is_main:
                 check_run_start(cfg, run_dir, samples, chosen)

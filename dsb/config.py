@@ -148,6 +148,16 @@ class TrainConfig:
     #: a fold's model on the data the checkpoint was trained on (refused: it saw the fold's
     #: held-out images). Relative paths are relative to the working directory.
     init_from: Optional[str] = None
+    #: Distil a teacher: each training crop is also scored against the teacher's
+    #: prediction of that crop under ``distill_tta`` (the mean of its views, as inference
+    #: merges them), so one pass of the student learns what the teacher's test-time
+    #: augmentation adds. The teacher is named like ``init_from``: a run folder (fold k's
+    #: ``best.pt``, ``--full``'s ``full/best.pt``; the run must have the same folds) or one
+    #: checkpoint (which may not teach a fold's model on the data it was trained on).
+    distill_from: Optional[str] = None
+    distill_tta: Literal["none", "flips", "d4"] = "d4"
+    #: Share of the loss that scores the teacher's maps (the labels' targets get the rest).
+    distill_weight: float = 0.5
     #: ``"auto"``: CUDA autocast fp16 on GPU, bf16 on CPU when faster; or force one.
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
@@ -385,6 +395,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.warmup_epochs": (0, _INF, False, True),
     "train.grad_clip": (0, _INF, False, True),
     "train.ema_decay": (0, 1, False, True),
+    "train.distill_weight": (0, 1, False, False),
     "train.num_workers": (0, _INF, False, True),
     "train.seed": (0, _SEED_MAX, False, False),
     "train.val_every": (1, _INF, False, True),

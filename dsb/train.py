@@ -35,9 +35,11 @@ from dsb.device import DistInfo, amp_dtype, autocast, resolve_device
 from dsb.errors import CheckpointError, ConfigError, DsbError
 from dsb.infer.predict import Predictor
 from dsb.infer.rescale import choose_scale, predict_rescaled
+from dsb.infer.tta import tta_predict, tta_transforms
 from dsb.metrics import image_score
 from dsb.models import build_model
-from dsb.models.checkpoint import load_checkpoint, save_checkpoint
+from dsb.models.checkpoint import load_checkpoint, load_model, save_checkpoint
+from dsb.models.fuse import fold_batch_norms
 from dsb.postprocess import labels_from_probs
 from dsb.probmaps import quantise_probs, write_prob_folder
 from dsb.rundir import MANIFEST, RunDir, is_run_dir, resolve_checkpoints
@@ -184,6 +186,8 @@ class Optimisation:
     device: torch.device
     precision: Optional[torch.dtype]
     grad_clip: float
+    #: Share of the loss that scores a teacher's maps (``train.distill_weight``; 0: no teacher).
+    distill_weight: float = 0.0
 
     @classmethod
     def for_model(cls, cfg: Config, model: nn.Module, device: torch.device, precision: Optional[torch.dtype],
@@ -199,14 +203,20 @@ class Optimisation:
             scaler=torch.amp.GradScaler(device.type, enabled=(precision == torch.float16)), ema=ema,
             loss_fn=SegLoss(cfg.loss.channel_weights, cfg.loss.bce_weight, cfg.loss.dice_weight).to(device),
             device=device, precision=precision, grad_clip=cfg.train.grad_clip,
+            distill_weight=cfg.train.distill_weight if cfg.train.distill_from else 0.0,
         )
 
-    def step(self, net: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def step(self, net: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+             taught: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Forward ``images`` through ``net`` (the model, or its DistributedDataParallel
-        wrapper), backward, clip, step the optimiser, the schedule and the EMA; the loss."""
+        wrapper), backward, clip, step the optimiser, the schedule and the EMA; the loss.
+        ``taught`` (a teacher's probabilities for the batch, :class:`Teacher`) takes
+        ``distill_weight`` of the loss, the labels' ``targets`` the rest."""
         with autocast(self.device, self.precision):
             outputs = net(images)
         loss = self.loss_fn(outputs, targets)
+        if taught is not None:
+            loss = (1.0 - self.distill_weight) * loss + self.distill_weight * self.loss_fn(outputs, taught)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip > 0:
@@ -275,9 +285,9 @@ def check_run_start(cfg: Config, run_dir: Path, samples: Sequence[Sample], folds
     for parent in run_dir.parents:
         if parent.exists() and not parent.is_dir():
             raise DsbError(f"--run-dir {run_dir}: {parent} is a file, not a folder")
-    if cfg.train.init_from:
-        if check_init_start(cfg, folds).run is not None:
-            return  # the folds come from the run started from
+    check_init_start(cfg, folds)
+    if folds_source(cfg) is not None:
+        return  # the folds come from the run started from (or the teacher's run)
     if run.folds.is_file():
         return  # the folds exist already
     groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
@@ -289,8 +299,9 @@ def check_run_start(cfg: Config, run_dir: Path, samples: Sequence[Sample], folds
                           f"folds ({exc})") from None
 
 
-def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
-    """Write the resolved config and the folds of a run (reusing existing folds).
+def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample], folds: Sequence[Optional[int]] = ()):
+    """Write the resolved config and the folds of a run (reusing existing folds), after
+    :func:`check_run_start` (``folds``: those about to be trained, ``None`` the full model).
 
     A run folder holds one config: training into a folder whose ``config.yaml`` says
     something else is an error naming the keys that differ (its folds, out-of-fold maps
@@ -298,15 +309,15 @@ def prepare_run(cfg: Config, run_dir: Path, samples: Sequence[Sample]):
     """
     run = RunDir(run_dir)
     check_run_config(cfg, run_dir)
-    check_run_start(cfg, run_dir, samples)
+    check_run_start(cfg, run_dir, samples, folds)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)
-    if cfg.train.init_from and resolve_init(cfg.train.init_from).run is not None and not run.folds.is_file():
-        # A warm restart keeps the folds of the run it starts from: fold k's model has never
-        # seen fold k's images, and must not start to now.
-        init_folds = RunDir(cfg.train.init_from).folds  # checked by check_run_start
+    source_run = folds_source(cfg)
+    if source_run is not None and not run.folds.is_file():
+        # A warm restart (or a teacher's run) gives its folds: fold k's model has never
+        # seen fold k's images, and must not start from, or learn from, weights that did.
         with atomic_write(run.folds, "wb") as fh:
-            fh.write(init_folds.read_bytes())
+            fh.write(RunDir(source_run).folds.read_bytes())  # checked by check_run_start
     groups = sample_groups(samples, cfg.folds.group_threshold) if cfg.folds.method == "grouped" else None
     return load_or_make_folds(
         run.folds, [s.image_id for s in samples], [s.image_type for s in samples], cfg.folds.n_folds, cfg.folds.seed,
@@ -328,24 +339,36 @@ class InitSource:
         return RunDir(self.run).last(fold) if self.run is not None else self.weights
 
 
-def resolve_init(init_from: str) -> InitSource:
-    """Read ``train.init_from``: a run folder (it has ``folds.csv``), else a checkpoint
-    file, a shipped set's name or a folder with exactly one ``*.pt``. Anything else, or
-    a set of several models (which one?), is a :class:`ConfigError` naming it."""
+def resolve_init(init_from: str, key: str = "train.init_from") -> InitSource:
+    """Read ``train.init_from`` (or ``key``, e.g. ``train.distill_from``): a run folder (it
+    has ``folds.csv``), else a checkpoint file, a shipped set's name or a folder with exactly
+    one ``*.pt``. Anything else, or a set of several models (which one?), is a
+    :class:`ConfigError` naming it."""
     path = Path(init_from)
     if RunDir(path).folds.is_file():
         return InitSource(init_from, run=path)
     if is_run_dir(path):
-        raise ConfigError(f"train.init_from: {RunDir(path).folds} not found (a run folder without its folds)")
+        raise ConfigError(f"{key}: {RunDir(path).folds} not found (a run folder without its folds)")
     try:
         files = resolve_checkpoints(init_from)
     except CheckpointError:
-        raise ConfigError(f"train.init_from: {init_from}: not found (give a dsb run folder, a checkpoint file "
+        raise ConfigError(f"{key}: {init_from}: not found (give a dsb run folder, a checkpoint file "
                           "or a shipped set)") from None
     if len(files) != 1:
         names = ", ".join(f.name for f in files[:6])
-        raise ConfigError(f"train.init_from: {init_from} holds {len(files)} models ({names}); give one .pt file")
+        raise ConfigError(f"{key}: {init_from} holds {len(files)} models ({names}); give one .pt file")
     return InitSource(init_from, weights=files[0])
+
+
+def folds_source(cfg: Config) -> Optional[Path]:
+    """The run folder whose folds a new run takes: ``train.init_from``'s if it is a run,
+    else ``train.distill_from``'s if that is a run, else None (the run makes its own)."""
+    for key, spec in (("train.init_from", cfg.train.init_from), ("train.distill_from", cfg.train.distill_from)):
+        if spec:
+            source = resolve_init(spec, key)
+            if source.run is not None:
+                return source.run
+    return None
 
 
 def _same_data(theirs: dict, cfg: Config, manifest: Optional[dict]) -> Optional[str]:
@@ -367,12 +390,14 @@ def _same_data(theirs: dict, cfg: Config, manifest: Optional[dict]) -> Optional[
     return None
 
 
-def check_init_folds(source: InitSource, cfg: Config, folds: Sequence[Optional[int]]) -> None:
+def check_init_folds(source: InitSource, cfg: Config, folds: Sequence[Optional[int]],
+                     key: str = "train.init_from") -> None:
     """Refuse to start a fold's model (any of ``folds`` but ``None``, the full-data model)
-    from a checkpoint that was trained on the same data: it saw the fold's held-out images, so
-    the fold's score would be no estimate. The full-data model may start from any weights; a
-    run folder's folds are checked against this run's in :func:`init_weights`. The checkpoint
-    (and the data's SHA-256) is read once, whatever the number of folds."""
+    from a checkpoint that was trained on the same data (or, ``key="train.distill_from"``, to
+    let it teach one): it saw the fold's held-out images, so the fold's score would be no
+    estimate. The full-data model may start from (learn from) any weights; a run folder's
+    folds are checked against this run's in :func:`check_same_folds`. The checkpoint (and the
+    data's SHA-256) is read once, whatever the number of folds."""
     fold_runs = [k for k in folds if k is not None]
     if not fold_runs or source.weights is None:
         return
@@ -384,20 +409,81 @@ def check_init_folds(source: InitSource, cfg: Config, folds: Sequence[Optional[i
         manifest = None  # the checkpoint's own config still names its data
     shared = _same_data(payload["config"], cfg, manifest)
     if shared is not None:
+        verb = ("learn from a teacher" if key == "train.distill_from" else "start from weights")
+        use = "teach" if key == "train.distill_from" else "start"
         raise ConfigError(
-            f"train.init_from: {source.weights} was trained on the same data ({shared}), so fold {fold_runs[0]}'s "
-            "model would start from weights that saw its held-out images; start --full from it, or give a run "
+            f"{key}: {source.weights} was trained on the same data ({shared}), so fold {fold_runs[0]}'s "
+            f"model would {verb} that saw its held-out images; {use} --full from it, or give a run "
             "folder with the same folds"
         )
 
 
-def check_init_start(cfg: Config, folds: Sequence[Optional[int]]) -> InitSource:
-    """Check ``train.init_from`` for training ``folds`` (``None``: the full-data model) before
-    any data is read: it must name a run folder or one checkpoint, and a checkpoint of the same
-    data may start only the full-data model. Returns the source."""
-    source = resolve_init(cfg.train.init_from)
-    check_init_folds(source, cfg, folds)
-    return source
+def check_init_start(cfg: Config, folds: Sequence[Optional[int]]) -> None:
+    """Check ``train.init_from`` and ``train.distill_from`` for training ``folds`` (``None``:
+    the full-data model) before any data is read: each must name a run folder or one
+    checkpoint, and a checkpoint of the same data may start (teach) only the full-data model."""
+    for key, spec in (("train.init_from", cfg.train.init_from), ("train.distill_from", cfg.train.distill_from)):
+        if spec:
+            check_init_folds(resolve_init(spec, key), cfg, folds, key)
+
+
+def check_same_folds(run: Path, folds, fold: Optional[int], key: str) -> None:
+    """Refuse weights of run folder ``run`` for fold ``fold``'s model unless the two runs put
+    every image in the same fold (else fold ``fold``'s model would start from, or learn from,
+    weights that saw its held-out images)."""
+    if fold is None:
+        return
+    theirs = load_folds(RunDir(run).folds)
+    their_fold = dict(zip(theirs["image_id"], theirs["fold"]))
+    differ = [i for i, k in zip(folds["image_id"], folds["fold"]) if their_fold.get(i) != k]
+    if differ:
+        raise ConfigError(
+            f"{key}: {run} has other folds ({len(differ)} image(s) differ, e.g. {differ[0]}); "
+            "it needs the same folds"
+        )
+
+
+class Teacher:
+    """The model behind ``train.distill_from``, in eval mode with its batch norms folded:
+    :meth:`targets` is its prediction of a batch of crops under ``train.distill_tta``, each
+    view brought back and merged as inference merges them (``infer.merge``)."""
+
+    def __init__(self, model: nn.Module, cfg: Config, device: torch.device, precision: Optional[torch.dtype],
+                 path: Path):
+        self.model, self.device, self.precision, self.path = model, device, precision, path
+        self.transforms = tta_transforms(cfg.train.distill_tta)
+        self.merge = cfg.infer.merge
+
+    @classmethod
+    def load(cls, cfg: Config, fold: Optional[int], folds, device: torch.device,
+             precision: Optional[torch.dtype]) -> "Teacher":
+        """Fold ``fold``'s teacher (``None``: the full-data model's): a run folder's
+        ``best.pt`` of that fold, or the one checkpoint; refused when it saw the fold's
+        held-out images or predicts other target channels."""
+        key = "train.distill_from"
+        source = resolve_init(cfg.train.distill_from, key)
+        if source.run is not None:
+            check_same_folds(source.run, folds, fold, key)
+            path = RunDir(source.run).best(fold)
+        else:
+            check_init_folds(source, cfg, [fold], key)
+            path = source.weights
+        if not path.is_file():
+            raise CheckpointError(f"{key}: {path} not found (the teacher of "
+                                  f"{'the full-data model' if fold is None else f'fold {fold}'})")
+        model, theirs, _ = load_model(path, device)
+        if list(theirs.targets.channels) != list(cfg.targets.channels):
+            raise ConfigError(f"{key}: {path} predicts {list(theirs.targets.channels)}; this config trains "
+                              f"{list(cfg.targets.channels)}")
+        model.set_mode("accurate")
+        model = fold_batch_norms(model).to(memory_format=torch.channels_last)
+        model.requires_grad_(False)
+        return cls(model, cfg, device, precision, path)
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's merged probabilities for ``images`` (``B x C x H x W``): ``B x K x H x W``."""
+        with torch.no_grad(), autocast(self.device, self.precision):
+            return tta_predict(lambda v: torch.sigmoid(self.model(v).float()), images, self.transforms, self.merge)
 
 
 def init_weights(model: nn.Module, init_from: str | Path, fold: Optional[int], folds, device: torch.device,
@@ -412,14 +498,7 @@ def init_weights(model: nn.Module, init_from: str | Path, fold: Optional[int], f
     """
     source = resolve_init(str(init_from))
     if source.run is not None:
-        theirs = load_folds(RunDir(source.run).folds)
-        their_fold = dict(zip(theirs["image_id"], theirs["fold"]))
-        differ = [i for i, k in zip(folds["image_id"], folds["fold"]) if their_fold.get(i) != k]
-        if fold is not None and differ:
-            raise ConfigError(
-                f"train.init_from: {source.run} has other folds ({len(differ)} image(s) differ, e.g. {differ[0]}); "
-                "a warm restart needs the same folds"
-            )
+        check_same_folds(source.run, folds, fold, "train.init_from")
     elif cfg is not None:
         check_init_folds(source, cfg, [fold])
     path = source.checkpoint(fold)
@@ -481,7 +560,7 @@ def train_fold(
     run = RunDir(run_dir)
     if fold is not None and not 0 <= fold < cfg.folds.n_folds:
         raise ConfigError(f"fold {fold} is out of range for folds.n_folds={cfg.folds.n_folds}")
-    folds = prepare_run(cfg, run_dir, samples) if dist.is_main else None
+    folds = prepare_run(cfg, run_dir, samples, [fold]) if dist.is_main else None
     if dist.enabled:
         torch.distributed.barrier()
     if folds is None:
@@ -500,6 +579,7 @@ def train_fold(
         init_weights(model, cfg.train.init_from, fold, folds, device, cfg)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    teacher = Teacher.load(cfg, fold, folds, device, precision) if cfg.train.distill_from else None
 
     batch = cfg.train.batch_size
     steps = cfg.train.steps_per_epoch or max(1, math.ceil(len(train_samples) / batch))
@@ -566,7 +646,7 @@ def train_fold(
         for step, (images, targets) in enumerate(loader):
             images = images.to(device, non_blocking=True).to(memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
-            loss = opt.step(net, images, targets)
+            loss = opt.step(net, images, targets, teacher.targets(images) if teacher is not None else None)
             loss_sum += float(loss) * images.shape[0]
             seen += images.shape[0]
             if on_step is not None and dist.is_main:

@@ -15,16 +15,19 @@ Usage::
 
     python benchmarks/research/tta_gain.py SOURCE [--folds 0,1,2,3] [--tta none flips d4]
         [--rescale-area 0 700] [--rescale-max 2.0] [--rescale-passes 1 2] [--measure-tta same none]
-        [--amp off auto] [--limit N] [--data DIR]
+        [--amp off auto] [--mode accurate fast:2] [--limit N] [--data DIR]
 
 ``--amp`` compares the precision of the forward passes (``infer.amp``: ``off`` fp32,
-``auto`` bf16 on CPUs with native bf16).
+``auto`` bf16 on CPUs with native bf16). ``--mode`` compares what the model computes:
+``accurate`` (the mean of all heads) or ``fast:D`` (head ``D`` alone, only the encoder
+stages and decoder nodes it needs).
 
 Writes benchmarks/results/tta_gain.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import sys
@@ -61,16 +64,20 @@ def main() -> int:
                         "the nuclei's size (default: the run's)")
     p.add_argument("--amp", nargs="+", default=[""], choices=["", "auto", "off", "bf16"],
                    help="infer.amp values to compare (default: the run's)")
+    p.add_argument("--mode", nargs="+", default=[""], type=parse_mode,
+                   help="model modes to compare: accurate, or fast:D for head D alone (default: the run's)")
     p.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
     p.add_argument("--data", type=Path, default=None,
                    help="shipped set only: folder holding the training zip and labels CSV it was trained on")
     args = p.parse_args()
 
     cfg, stage, entries = held_out_folds(args.source, args.folds, args.data)
-    settings = list(itertools.product(args.tta, args.rescale_area, args.rescale_passes, args.measure_tta, args.amp))
+    settings = list(itertools.product(args.tta, args.rescale_area, args.rescale_passes, args.measure_tta, args.amp,
+                                      args.mode))
     names = [f"{tta}" + (f" rescale {area:g}" if area else "") + (f" x{passes}" if area and passes else "")
              + (f" measure {measure}" if area and measure else "") + (f" amp {amp}" if amp else "")
-             for tta, area, passes, measure, amp in settings]
+             + (f" {mode}" if mode else "")
+             for tta, area, passes, measure, amp, mode in settings]
     scores: dict[str, list] = {n: [] for n in names}
     seconds = {n: 0.0 for n in names}
     upscaled = {n: 0 for n in names}
@@ -86,7 +93,10 @@ def main() -> int:
         truth = {i: stage.read_label_map(i) for i in ids}
         types.update(entry.types(stage, ids))
         with tempfile.TemporaryDirectory() as tmp:
-            for name, (tta, area, passes, measure, amp) in zip(names, settings):
+            for name, (tta, area, passes, measure, amp, mode) in zip(names, settings):
+                if mode:
+                    kind, _, depth = mode.partition(":")
+                    model.set_mode(kind, int(depth) if depth else None)
                 infer = dataclasses.replace(cfg.infer, rescale_area_px=area, amp=amp or cfg.infer.amp,
                                             rescale_measure_tta=measure or cfg.infer.rescale_measure_tta,
                                             rescale_max=args.rescale_max or cfg.infer.rescale_max,
@@ -125,6 +135,14 @@ def main() -> int:
               + "  ".join(f"{r['per_type'][t]:13.4f}" for t in type_names))
     return finish({"benchmark": "tta_gain", "run": str(args.source), "folds": fold_list, "n_images": n_images,
                    "baseline": base["setting"], "rows": rows}, args.out)
+
+
+def parse_mode(text: str) -> str:
+    """``accurate`` or ``fast:D`` (D a head depth), checked by the model when it is set."""
+    kind, _, depth = text.partition(":")
+    if kind == "accurate" and not depth or kind == "fast" and depth.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected 'accurate' or 'fast:D' (D a head depth, e.g. fast:3)")
 
 
 def experiment_groups(source: str) -> dict[str, str]:
