@@ -156,6 +156,9 @@ class TrainConfig:
     #: checkpoint (which may not teach a fold's model on the data it was trained on).
     distill_from: Optional[str] = None
     distill_tta: Literal["none", "flips", "d4"] = "d4"
+    #: The teacher's head at this depth alone (its fast mode), or None: the teacher's own
+    #: inference mode (its ``model.mode``/``model.fast_depth``).
+    distill_head: Optional[int] = None
     #: Share of the loss that scores the teacher's maps (the labels' targets get the rest).
     distill_weight: float = 0.5
     #: ``"auto"``: CUDA autocast fp16 on GPU, bf16 on CPU when faster; or force one.

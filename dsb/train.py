@@ -444,9 +444,10 @@ def check_same_folds(run: Path, folds, fold: Optional[int], key: str) -> None:
 
 
 class Teacher:
-    """The model behind ``train.distill_from``, in eval mode with its batch norms folded:
-    :meth:`targets` is its prediction of a batch of crops under ``train.distill_tta``, each
-    view brought back and merged as inference merges them (``infer.merge``)."""
+    """The model behind ``train.distill_from``, in eval mode with its batch norms folded, in
+    its own inference mode or with head ``train.distill_head`` alone: :meth:`targets` is its
+    prediction of a batch of crops under ``train.distill_tta``, each view brought back and
+    merged as inference merges them (``infer.merge``)."""
 
     def __init__(self, model: nn.Module, cfg: Config, device: torch.device, precision: Optional[torch.dtype],
                  path: Path):
@@ -475,7 +476,11 @@ class Teacher:
         if list(theirs.targets.channels) != list(cfg.targets.channels):
             raise ConfigError(f"{key}: {path} predicts {list(theirs.targets.channels)}; this config trains "
                               f"{list(cfg.targets.channels)}")
-        model.set_mode("accurate")
+        if cfg.train.distill_head is not None:
+            try:
+                model.set_mode("fast", cfg.train.distill_head)
+            except ConfigError as exc:
+                raise ConfigError(f"train.distill_head: {path}: {exc}") from None
         model = fold_batch_norms(model).to(memory_format=torch.channels_last)
         model.requires_grad_(False)
         return cls(model, cfg, device, precision, path)

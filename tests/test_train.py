@@ -356,6 +356,13 @@ def test_distillation_learns_the_teachers_tta_maps(tmp_path, samples, tiny_train
     want = torch.stack(views).mean(0)
     assert torch.allclose(teacher.targets(x), want, atol=1e-3)
     assert not torch.allclose(want, views[0], atol=1e-3)  # the views differ: the merge matters
+    deepest = Teacher.load(tiny_train_cfg(distill_from=str(teacher_run), distill_tta="none", distill_head=4),
+                           0, folds, torch.device("cpu"), None)
+    with torch.no_grad():
+        assert torch.allclose(deepest.targets(x), torch.sigmoid(model.set_mode("fast", 4)(x)), atol=1e-3)
+        assert not torch.allclose(deepest.targets(x), torch.sigmoid(model.set_mode("accurate")(x)), atol=1e-3)
+    with pytest.raises(ConfigError, match="train.distill_head: .*must be in 1..4"):
+        Teacher.load(tiny_train_cfg(distill_from=str(teacher_run), distill_head=9), 0, folds, torch.device("cpu"), None)
 
     # The loss: all of it on the teacher's maps (distill_weight 1) fits a fixed batch to them.
     from dsb.models import build_model
