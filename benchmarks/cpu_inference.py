@@ -10,11 +10,13 @@ norms not folded):
 * ``--mode segment``: :func:`dsb.segmentation.segment_sources`, what ``dsb segment`` runs
   (label TIFFs, nuclei.csv and summary.csv written).
 
-A setting is ``AMP,TTA,REUSE[,FOLD]``: ``infer.amp`` (``off`` fp32, ``auto``: bf16 on CPUs with
+A setting is ``AMP,TTA,REUSE[,FOLD[,HEADS]]``: ``infer.amp`` (``off`` fp32, ``auto``: bf16 on CPUs with
 native bf16), the TTA mode, whether the kept pass reuses the measuring pass's identity
 view (``reuse``, what dsb does now; ``noreuse``, as before), and whether the batch norms are
 folded into the convolutions (``fold``, the default and what dsb does now; ``nofold``, as
-before; :mod:`dsb.models.fuse`). The model time is split into the
+before; :mod:`dsb.models.fuse`), and which heads the model computes (``all``: the mean of every
+head, ``model.mode: accurate``; ``head4``: head 4 alone, ``model.mode: fast``; default: the
+checkpoint's own). The model time is split into the
 passes that only measure the nuclei's size (one view each) and the kept pass (the TTA views);
 the postprocessing runs in parallel workers, so what it adds is the wall time minus the
 model time (``other``: reading, postprocessing and writing beyond the model's time). ``agree`` is the mAP of each setting's label maps scored against the baseline's
@@ -23,6 +25,7 @@ model time (``other``: reading, postprocessing and writing beyond the model's ti
     python benchmarks/cpu_inference.py                           # the 65 stage-1 test images
     python benchmarks/cpu_inference.py --mode segment --size 520x696 --images ../shared/dsb2018/stage1_train.zip --limit 20
     python benchmarks/cpu_inference.py --settings off,d4,noreuse,nofold auto,d4,reuse,nofold auto,d4,reuse
+    python benchmarks/cpu_inference.py --settings auto,d4,reuse,fold,all auto,d4,reuse,fold,head4 auto,none,reuse,fold,head4
 
 Without the images it says so and exits 0. Prints a table; writes
 benchmarks/results/cpu_inference.json (``--out``).
@@ -37,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from _common import finish, parser, real_data_dir, skip
 from dsb.data.kaggle import open_stage
@@ -50,12 +54,21 @@ DEFAULT_SETTINGS = ["off,d4,noreuse,nofold", "auto,d4,reuse,nofold", "auto,d4,re
 
 
 @contextmanager
-def instrumented(reuse: bool, fold: bool, clock: dict):
+def instrumented(reuse: bool, fold: bool, heads: str, clock: dict):
     """Time every ``Predictor.predict`` by its number of views (one: the passes that measure
     the nuclei, and every pass under ``--tta none``; more: the kept pass's TTA views); with
     ``reuse`` off, ``Predictor.rest`` is None (the path before it); with ``fold`` off, the
-    batch norms stay unfolded (the path before :mod:`dsb.models.fuse`)."""
-    predict, rest, folder = Predictor.predict, Predictor.rest, predict_module.fold_batch_norms
+    batch norms stay unfolded (the path before :mod:`dsb.models.fuse`); ``heads`` (``all``,
+    ``headD`` or ``""``: as loaded) sets each model's mode as a Predictor takes it."""
+    predict, rest, folder, init = Predictor.predict, Predictor.rest, predict_module.fold_batch_norms, Predictor.__init__
+
+    def init_with_heads(self, models, *args, **kwargs):
+        for model in ([models] if isinstance(models, torch.nn.Module) else models):
+            if heads == "all":
+                model.set_mode("accurate")
+            elif heads:
+                model.set_mode("fast", int(heads[len("head"):]))
+        init(self, models, *args, **kwargs)
 
     def timed_predict(self, image):
         t0 = time.perf_counter()
@@ -67,6 +80,7 @@ def instrumented(reuse: bool, fold: bool, clock: dict):
             clock["views"] = clock.get("views", 0) + len(self.transforms)
 
     Predictor.predict = timed_predict
+    Predictor.__init__ = init_with_heads
     if not reuse:
         Predictor.rest = lambda self: None
     if not fold:
@@ -74,17 +88,18 @@ def instrumented(reuse: bool, fold: bool, clock: dict):
     try:
         yield
     finally:
-        Predictor.predict, Predictor.rest, predict_module.fold_batch_norms = predict, rest, folder
+        Predictor.predict, Predictor.rest, predict_module.fold_batch_norms, Predictor.__init__ = predict, rest, folder, init
 
 
-def parse_setting(text: str) -> tuple[str, str, bool, bool]:
+def parse_setting(text: str) -> tuple[str, str, bool, bool, str]:
     parts = text.split(",")
-    amp, tta, reuse, fold = (parts + ["fold"])[:4] if len(parts) in (3, 4) else ("", "", "", "")
+    amp, tta, reuse, fold, heads = (parts + ["fold", ""][len(parts) - 3:])[:5] if len(parts) in (3, 4, 5) else ("",) * 5
     if (amp not in ("auto", "off", "bf16") or tta not in ("none", "flips", "d4") or reuse not in ("reuse", "noreuse")
-            or fold not in ("fold", "nofold")):
-        raise SystemExit(f"bad setting {text!r}: AMP,TTA,REUSE[,FOLD] with AMP in auto/off/bf16, TTA in "
-                         "none/flips/d4, REUSE in reuse/noreuse, FOLD in fold/nofold (default fold)")
-    return amp, tta, reuse == "reuse", fold == "fold"
+            or fold not in ("fold", "nofold") or not (heads in ("", "all") or heads[:4] == "head" and heads[4:].isdigit())):
+        raise SystemExit(f"bad setting {text!r}: AMP,TTA,REUSE[,FOLD[,HEADS]] with AMP in auto/off/bf16, TTA in "
+                         "none/flips/d4, REUSE in reuse/noreuse, FOLD in fold/nofold (default fold), HEADS all or "
+                         "headD (default: the checkpoint's)")
+    return amp, tta, reuse == "reuse", fold == "fold", heads
 
 
 def run_predict(ens, stage, ids, amp, tta, tmp: Path) -> tuple[dict, float]:
@@ -157,9 +172,9 @@ def main() -> int:
           f"checkpoint {args.checkpoint}", flush=True)
 
     rows, baseline_maps = [], None
-    for amp, tta, reuse, fold in settings:
+    for amp, tta, reuse, fold, heads in settings:
         clock: dict = {"tta": tta}
-        with tempfile.TemporaryDirectory() as tmp, instrumented(reuse, fold, clock):
+        with tempfile.TemporaryDirectory() as tmp, instrumented(reuse, fold, heads, clock):
             if args.mode == "predict":
                 maps, wall = run_predict(ens, stage, ids, amp, tta, Path(tmp))
             else:
@@ -169,7 +184,8 @@ def main() -> int:
             baseline_maps = maps
         agree = DatasetScore.from_images(image_score(baseline_maps[k], maps[k], image_id=k) for k in keys).map
         model_s = clock.get("measure_s", 0.0) + clock.get("kept_s", 0.0)
-        row = {"setting": f"{amp},{tta},{'reuse' if reuse else 'noreuse'}" + ("" if fold else ",nofold"), "precision": precision_name(amp, "cpu"),
+        row = {"setting": f"{amp},{tta},{'reuse' if reuse else 'noreuse'}" + ("" if fold else ",nofold")
+               + (f",{heads}" if heads else ""), "precision": precision_name(amp, "cpu"),
                "wall_s": wall, "s_per_image": wall / len(ids), "model_s": model_s,
                "measure_s": clock.get("measure_s", 0.0), "kept_s": clock.get("kept_s", 0.0),
                "rest_s": max(0.0, wall - model_s), "views": clock.get("views", 0),
@@ -181,10 +197,10 @@ def main() -> int:
 
     base = rows[0]
     print(f"\n{args.mode}, {len(ids)} images; baseline {base['setting']} ({base['precision']})")
-    print(f"{'setting':>18} {'prec':>5} {'s/image':>8} {'x base':>7} {'model s':>8} {'measure':>8} {'kept':>7} "
+    print(f"{'setting':>24} {'prec':>5} {'s/image':>8} {'x base':>7} {'model s':>8} {'measure':>8} {'kept':>7} "
           f"{'other':>7} {'views':>6} {'nuclei':>7} {'agree':>7}")
     for r in rows:
-        print(f"{r['setting']:>18} {r['precision']:>5} {r['s_per_image']:8.3f} {r['wall_s'] / base['wall_s']:7.2f} "
+        print(f"{r['setting']:>24} {r['precision']:>5} {r['s_per_image']:8.3f} {r['wall_s'] / base['wall_s']:7.2f} "
               f"{r['model_s']:8.1f} {r['measure_s']:8.1f} {r['kept_s']:7.1f} {r['rest_s']:7.1f} {r['views']:6d} "
               f"{r['nuclei']:7d} {r['agree_map']:7.4f}")
     return finish({"benchmark": "cpu_inference", "mode": args.mode, "images": str(images), "n_images": len(ids),
