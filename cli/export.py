@@ -19,20 +19,36 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     @dsb_command
     def export_cmd(
-        run_dir: Annotated[Path, typer.Argument(help="A training run folder (fold*/best.pt).")],
+        run_dir: Annotated[Path, typer.Argument(
+            help="A training run folder (fold*/best.pt), or a shipped set (a folder or a name under weights/) to "
+                 "ship again with other --set settings.")],
         name: Annotated[str, typer.Argument(help="Name of the checkpoint set (dsb predict --checkpoint NAME).")],
         weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Where shipped sets live.")] = WEIGHTS_DIR,
         folds: Annotated[Optional[str], typer.Option(help="Ship only these folds' models, like 2 or 0,1 (default: all).")] = None,
         full: Annotated[bool, typer.Option("--full", help="Ship the model trained on every image (dsb train --full).")] = False,
         set_: Annotated[Optional[list[str]], typer.Option(
-            "--set", help="How the set predicts: infer.key=value or postprocess.key=value (e.g. infer.rescale_area_px=700).")] = None,
+            "--set", help="How the set predicts: infer.key=value, postprocess.key=value, model.mode=fast (the deepest "
+                          "head alone; model.fast_depth picks another) (e.g. infer.rescale_area_px=700).")] = None,
     ) -> None:
         """Ship a run as a named fp16 checkpoint set with a manifest (config, command, data checksum, OOF score).
 
         The out-of-fold mAP over all the run's folds and each shipped fold's own held-out
         mAP (with the tuned postprocessing) are scored here and recorded in manifest.json.
+        From a shipped set, its weights are copied as they are with the --set settings
+        written in (the manifest keeps its estimates and records the change); NAME may be
+        the set's own name.
         """
-        from dsb.export import ship_run
+        from dsb.errors import DsbError
+        from dsb.export import export_set, is_shipped_set, ship_run
+
+        source = run_dir if run_dir.exists() else weights_dir / str(run_dir)
+        if is_shipped_set(source):
+            if folds is not None or full:
+                raise DsbError(f"{source}: a shipped set is shipped again whole; --folds and --full are for run folders")
+            out = export_set(source, name, weights_dir, set_ or ())
+            console.print(f"exported {source} with {', '.join(set_ or ())} -> [bold]{out}[/] "
+                          "(the manifest's estimates were measured before these settings)", soft_wrap=True)
+            return
 
         out, report = ship_run(run_dir, name, weights_dir, folds=parse_folds(folds), full=full, overrides=set_ or (),
                                on_scoring=lambda: console.print("scoring the out-of-fold predictions ..."))

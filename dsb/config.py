@@ -628,8 +628,9 @@ def _apply_overrides(data: dict, overrides: Sequence[str], sections: Optional[Se
         *parents, leaf = key.strip().split(".")
         if not leaf or not all(parents):
             raise ConfigError(f"override {item!r}: {key.strip()!r} is not a dotted key like train.lr")
-        if sections is not None and (not parents or parents[0] not in sections):
-            raise ConfigError(f"override {item!r}: only {', '.join(s + '.*' for s in sections)} may be changed here")
+        if sections is not None and (not parents or parents[0] not in sections) and key.strip() not in sections:
+            allowed = ", ".join(s if "." in s else s + ".*" for s in sections)
+            raise ConfigError(f"override {item!r}: only {allowed} may be changed here")
         node = data
         for depth, part in enumerate(parents):
             child = node.setdefault(part, {})
@@ -651,7 +652,8 @@ def _apply_overrides(data: dict, overrides: Sequence[str], sections: Optional[Se
 
 def override_config(cfg: Config, overrides: Sequence[str], sections: Optional[Sequence[str]] = None) -> Config:
     """``cfg`` with ``section.key=value`` overrides applied (and validated); with
-    ``sections``, an override outside them is an error."""
+    ``sections`` (section names, or dotted keys like ``model.mode``), an override outside
+    them is an error."""
     return config_from_dict(_apply_overrides(cfg.to_dict(), overrides, sections))
 
 

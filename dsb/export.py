@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from dsb.config import load_config, override_config
+from dsb.config import config_from_dict, load_config, override_config
 from dsb.data.folds import load_folds, parse_folds
 from dsb.errors import CheckpointError
 from dsb.evaluate import EvaluationReport, evaluate_run
@@ -25,6 +25,12 @@ from dsb.postprocess.filter import load_filter
 from dsb.rundir import FILTER_FILE, MANIFEST, RunDir, load_run_config
 from dsb.train import resolve_init
 from dsb.utils import atomic_write, file_sha256
+
+
+#: What ``dsb export`` may change in how a run's models, or a shipped set, predict (never
+#: what the weights are): the inference and postprocessing settings and which of the nested
+#: heads the model computes (``model.mode``/``model.fast_depth``, inference-only).
+INFERENCE_KEYS = ("infer", "postprocess", "model.mode", "model.fast_depth")
 
 
 def folds_of_command(command: str, n_folds: int) -> list[int]:
@@ -89,8 +95,9 @@ def export_run(
     ``oof_summary`` (the out-of-fold estimate: interval, what it resampled, per image type,
     how the folds were made) is recorded as the manifest's ``oof``.
 
-    ``overrides`` (``infer.key=value`` or ``postprocess.key=value``) change how the shipped
-    set predicts, e.g. ``infer.rescale_area_px=700``; they are recorded in the manifest.
+    ``overrides`` (``infer.key=value``, ``postprocess.key=value``, ``model.mode``,
+    ``model.fast_depth``: :data:`INFERENCE_KEYS`) change how the shipped set predicts, e.g.
+    ``infer.rescale_area_px=700``; they are recorded in the manifest.
 
     Raises :class:`CheckpointError` if the run has no ``fold*/best.pt``, a requested fold
     is missing, or the set would exceed ``max_total_mb``; nothing is left behind then.
@@ -99,7 +106,7 @@ def export_run(
     run_dir = run.path
     bests = run.checkpoints(folds, full)
     keys = [None] if full else (sorted(run.trained_folds()) if folds is None else sorted(set(folds)))
-    run_cfg = override_config(load_run_config(run_dir), overrides, sections=("infer", "postprocess"))
+    run_cfg = override_config(load_run_config(run_dir), overrides, sections=INFERENCE_KEYS)
     out = Path(weights_dir) / name
     staging = Path(weights_dir) / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -108,7 +115,8 @@ def export_run(
         shipped = []
         for k, best in zip(keys, bests):
             model, cfg, meta = load_model(best)
-            cfg = dataclasses.replace(cfg, postprocess=run_cfg.postprocess, infer=run_cfg.infer)
+            model_cfg = dataclasses.replace(cfg.model, mode=run_cfg.model.mode, fast_depth=run_cfg.model.fast_depth)
+            cfg = dataclasses.replace(cfg, postprocess=run_cfg.postprocess, infer=run_cfg.infer, model=model_cfg)
             label = run.model_dir(k).name  # the file is named after its run folder: fold<k>.pt or full.pt
             target = staging / f"{label}.pt"
             save_checkpoint(target, model, cfg, half=True, source=str(best))
@@ -173,6 +181,73 @@ def export_run(
     return out
 
 
+def is_shipped_set(path: Path) -> bool:
+    """A folder with a ``manifest.json`` (what :func:`export_run` writes), not a run folder."""
+    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file() and not RunDir(path).config.is_file()
+
+
+def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[str]) -> Path:
+    """Ship a shipped set again as ``weights_dir/name`` with ``overrides`` (:data:`INFERENCE_KEYS`)
+    written into every checkpoint's config and the manifest's: for a set whose training run
+    is not at hand. The weights are copied as they are (fp16 in, fp16 out; bit-identical), as
+    are the instance filter and every estimate in the manifest; the manifest's
+    ``export_overrides`` gains ``overrides`` and ``reexports`` records the source set, its
+    manifest's SHA-256 and the overrides, which the recorded estimates predate. ``name`` may
+    be the set's own: the old folder is replaced only once the new one is complete.
+    """
+    set_dir = Path(set_dir)
+    manifest_file = set_dir / MANIFEST
+    if not is_shipped_set(set_dir):
+        raise CheckpointError(f"{set_dir}: not a shipped set (no {MANIFEST})")
+    if not overrides:
+        raise CheckpointError(f"{set_dir}: re-exporting a set needs --set overrides (it would be a copy)")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        entries = list(manifest["folds"])
+        set_cfg = config_from_dict(manifest["config"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{manifest_file}: unreadable manifest ({exc})") from None
+    set_cfg = override_config(set_cfg, overrides, sections=INFERENCE_KEYS)
+    out = Path(weights_dir) / name
+    staging = Path(weights_dir) / f".{name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for entry in entries:
+            model, cfg, _ = load_model(set_dir / entry["file"])
+            cfg = override_config(cfg, overrides, sections=INFERENCE_KEYS)
+            extra = load_checkpoint(set_dir / entry["file"])["extra"]  # epoch, source, ...
+            target = save_checkpoint(staging / entry["file"], model, cfg, half=True, **extra)
+            entry["bytes"] = target.stat().st_size
+        shipped = {entry["file"] for entry in entries}
+        for other in sorted(set_dir.iterdir()):
+            if other.is_file() and other.name not in shipped and other.name != MANIFEST:
+                shutil.copyfile(other, staging / other.name)  # the instance filter, notes
+        extra_bytes = (manifest.get("instance_filter") or {}).get("bytes", 0)
+        manifest.update({
+            "name": name,
+            "folds": entries,
+            "total_mb": round((sum(e["bytes"] for e in entries) + extra_bytes) / 2**20, 2),
+            "config": set_cfg.to_dict(),
+            "export_overrides": list(manifest.get("export_overrides", [])) + list(overrides),
+            "reexports": list(manifest.get("reexports", [])) + [{
+                "from": str(set_dir), "manifest_sha256": file_sha256(manifest_file), "overrides": list(overrides),
+                "note": "the manifest's estimates (oof_map, oof, held-out maps) were measured before these overrides",
+            }],
+        })
+        with atomic_write(staging / MANIFEST) as fh:
+            json.dump(manifest, fh, indent=2)
+        old = Path(weights_dir) / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
 def ship_run(
     run_dir: Path, name: str, weights_dir: Path, folds: Optional[Sequence[int]] = None, full: bool = False,
     overrides: Sequence[str] = (), on_scoring: Optional[Callable[[], None]] = None,
@@ -182,7 +257,7 @@ def ship_run(
     fold's held-out mAP), then :func:`export_run`. Returns the set's folder and the report."""
     RunDir(run_dir).checkpoints(folds, full)  # a missing model fails here
     if overrides:
-        override_config(load_run_config(run_dir), overrides, sections=("infer", "postprocess"))
+        override_config(load_run_config(run_dir), overrides, sections=INFERENCE_KEYS)
     report = None
     if RunDir(run_dir).has_oof():
         if on_scoring is not None:

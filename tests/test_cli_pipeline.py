@@ -239,6 +239,46 @@ def test_export_ships_a_half_precision_set_found_by_name(trained_run, monkeypatc
 
 
 @pytest.mark.slow
+def test_a_shipped_set_ships_again_with_other_settings(trained_run):
+    """dsb export SET NAME --set ...: the weights copied bit for bit, the settings written into
+    each checkpoint and the manifest (which keeps its estimates and records the change), in
+    place under the set's own name; anything but inference settings refused, nothing changed."""
+    import torch
+
+    from dsb.models.checkpoint import load_model
+
+    root, run, _ = trained_run
+    weights = root / "weights_again"
+    assert runner.invoke(app, ["export", str(run), "base", "--weights-dir", str(weights)]).exit_code == 0
+    before = torch.load(weights / "base" / "fold0.pt", weights_only=False)
+    old = json.loads((weights / "base" / "manifest.json").read_text())
+    res = runner.invoke(app, ["export", "base", "base", "--set", "model.mode=fast", "--set", "infer.tta=flips",
+                              "--weights-dir", str(weights)])
+    assert res.exit_code == 0, res.output
+    after = torch.load(weights / "base" / "fold0.pt", weights_only=False)
+    assert after["model"].keys() == before["model"].keys()
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+    assert after["extra"] == before["extra"] and after["half"]
+    assert after["config"]["model"]["mode"] == "fast" and after["config"]["infer"]["tta"] == "flips"
+    model, cfg, _ = load_model(weights / "base" / "fold0.pt")
+    assert model.mode == "fast" and model.fast_depth == cfg.model.fast_depth
+    manifest = json.loads((weights / "base" / "manifest.json").read_text())
+    assert manifest["oof_map"] == old["oof_map"] and manifest["folds"][0]["held_out_ids"] == old["folds"][0]["held_out_ids"]
+    assert manifest["config"]["model"]["mode"] == "fast" and manifest["config"]["infer"]["tta"] == "flips"
+    assert manifest["export_overrides"] == old.get("export_overrides", []) + ["model.mode=fast", "infer.tta=flips"]
+    assert manifest["reexports"][0]["overrides"] == ["model.mode=fast", "infer.tta=flips"]
+    assert not [p for p in weights.iterdir() if p.name.startswith(".")]  # no staging or old folder left
+    settled = (weights / "base" / "fold0.pt").read_bytes()
+    for bad, message in ((["--set", "model.encoder=resnet34"], "only infer.*, postprocess.*, model.mode"),
+                         (["--set", "model.mode=fast", "--full"], "--folds and --full are for run folders"),
+                         ([], "needs --set")):
+        res = runner.invoke(app, ["export", "base", "base", *bad, "--weights-dir", str(weights)])
+        assert res.exit_code == 2 and message in res.output, res.output
+    assert (weights / "base" / "fold0.pt").read_bytes() == settled
+    assert not [p for p in weights.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
 def test_full_data_model_joins_the_run_and_ships(trained_run, tmp_path):
     import shutil
 
