@@ -186,6 +186,16 @@ def is_shipped_set(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file() and not RunDir(path).config.is_file()
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when under it (a repository's
+    ``weights/...``), else absolute: what a manifest records of where a set came from."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
 def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[str]) -> Path:
     """Ship a shipped set again as ``weights_dir/name`` with ``overrides`` (:data:`INFERENCE_KEYS`)
     written into every checkpoint's config and the manifest's: for a set whose training run
@@ -231,7 +241,7 @@ def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[
             "config": set_cfg.to_dict(),
             "export_overrides": list(manifest.get("export_overrides", [])) + list(overrides),
             "reexports": list(manifest.get("reexports", [])) + [{
-                "from": str(set_dir), "manifest_sha256": file_sha256(manifest_file), "overrides": list(overrides),
+                "from": _shown(set_dir), "manifest_sha256": file_sha256(manifest_file), "overrides": list(overrides),
                 "note": "the manifest's estimates (oof_map, oof, held-out maps) were measured before these overrides",
             }],
         })
