@@ -40,8 +40,8 @@ AMP_HELP = ("Precision of the model: auto (bf16 on CPUs with native bf16, about 
 
 #: The speed/quality trade of --tta, as measured (docs/segment.md, Speed).
 TTA_HELP = ("Test-time augmentation: d4 (8 views), flips (4) or none (1). Grouped out-of-fold mAP on 164 held-out "
-            "images in bf16: d4 0.6013, flips 0.5979, none 0.5958; a 520x696 image on 2 cores with AMX: d4 2.4 s, "
-            "flips 1.5 s, none 0.74 s (docs/segment.md, Speed).")
+            "images (the shipped set's recipe, bf16): d4 0.6181, flips 0.6133, none 0.6127; a 520x696 image on 2 cores "
+            "with AMX: d4 2.1 s, flips 1.4 s, none 0.67 s (docs/segment.md, Speed).")
 
 #: Human-facing output (tables, progress, messages). stdout stays clean for --json.
 #: Soft wrap: a long line (a path) stays one line in a log file instead of being cut at 80 columns.
