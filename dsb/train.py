@@ -422,9 +422,16 @@ def check_init_start(cfg: Config, folds: Sequence[Optional[int]]) -> None:
     """Check ``train.init_from`` and ``train.distill_from`` for training ``folds`` (``None``:
     the full-data model) before any data is read: each must name a run folder or one
     checkpoint, and a checkpoint of the same data may start (teach) only the full-data model."""
+    runs = []
     for key, spec in (("train.init_from", cfg.train.init_from), ("train.distill_from", cfg.train.distill_from)):
         if spec:
-            check_init_folds(resolve_init(spec, key), cfg, folds, key)
+            source = resolve_init(spec, key)
+            check_init_folds(source, cfg, folds, key)
+            runs += [source.run] if source.run is not None else []
+    fold_of = [dict(zip(f["image_id"], f["fold"])) for f in (load_folds(RunDir(r).folds) for r in runs)]
+    if len(runs) == 2 and fold_of[0] != fold_of[1]:
+        raise ConfigError(f"train.distill_from: {runs[1]} has other folds than train.init_from's {runs[0]}; "
+                          "a fold's teacher and starting weights need the same folds")
 
 
 def check_same_folds(run: Path, folds, fold: Optional[int], key: str) -> None:

@@ -394,6 +394,18 @@ def test_distillation_learns_the_teachers_tta_maps(tmp_path, samples, tiny_train
                taught_run, 0, samples)
     assert (taught_run / "folds.csv").read_bytes() == (teacher_run / "folds.csv").read_bytes()
     assert (taught_run / "fold0" / "best.pt").is_file()
+    # A teacher run and a warm-restart run with other folds: refused before anything is written.
+    other_folds = tmp_path / "other_folds"
+    other_folds.mkdir()
+    table = (teacher_run / "folds.csv").read_text().splitlines()
+    header, rows = table[0], table[1:]
+    col = header.split(",").index("fold")
+    swapped = [",".join(str((int(v) + 1) % 4) if i == col else v for i, v in enumerate(r.split(","))) for r in rows]
+    (other_folds / "folds.csv").write_text("\n".join([header, *swapped]) + "\n")
+    with pytest.raises(ConfigError, match="other folds than train.init_from"):
+        train_fold(tiny_train_cfg(init_from=str(teacher_run), distill_from=str(other_folds)), tmp_path / "mixed", 0,
+                   samples)
+    assert not (tmp_path / "mixed").exists()
 
     from dsb.models.checkpoint import save_checkpoint
     from dsb.models import build_model
