@@ -466,15 +466,15 @@ class Teacher:
     def load(cls, cfg: Config, fold: Optional[int], folds, device: torch.device,
              precision: Optional[torch.dtype]) -> "Teacher":
         """Fold ``fold``'s teacher (``None``: the full-data model's): a run folder's
-        ``best.pt`` of that fold, or the one checkpoint; refused when it saw the fold's
-        held-out images or predicts other target channels."""
+        ``best.pt`` of that fold (refused unless the folds are this run's), or the one
+        checkpoint (whether it saw the fold's held-out images :func:`check_run_start` has
+        checked); refused when it predicts other target channels."""
         key = "train.distill_from"
         source = resolve_init(cfg.train.distill_from, key)
         if source.run is not None:
             check_same_folds(source.run, folds, fold, key)
             path = RunDir(source.run).best(fold)
-        else:
-            check_init_folds(source, cfg, [fold], key)
+        else:  # a checkpoint of the same data was refused for a fold by check_run_start (prepare_run)
             path = source.weights
         if not path.is_file():
             raise CheckpointError(f"{key}: {path} not found (the teacher of "
@@ -588,7 +588,7 @@ def train_fold(
     precision = amp_dtype(cfg.train.amp, device, training=True)
     model = build_model(cfg).to(device)
     if cfg.train.init_from and not (resume and run.last(fold).is_file()):
-        init_weights(model, cfg.train.init_from, fold, folds, device, cfg)
+        init_weights(model, cfg.train.init_from, fold, folds, device)  # its data checked in prepare_run
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     teacher = Teacher.load(cfg, fold, folds, device, precision) if cfg.train.distill_from else None
