@@ -461,6 +461,7 @@ class Teacher:
         self.model, self.device, self.precision, self.path = model, device, precision, path
         self.transforms = tta_transforms(cfg.train.distill_tta)
         self.merge = cfg.infer.merge
+        self.infer_cfg = dataclasses.replace(cfg.infer, tta=cfg.train.distill_tta)
 
     @classmethod
     def load(cls, cfg: Config, fold: Optional[int], folds, device: torch.device,
@@ -496,6 +497,14 @@ class Teacher:
         """The teacher's merged probabilities for ``images`` (``B x C x H x W``): ``B x K x H x W``."""
         with torch.no_grad(), autocast(self.device, self.precision):
             return tta_predict(lambda v: torch.sigmoid(self.model(v).float()), images, self.transforms, self.merge)
+
+    def image_maps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
+        """``train.distill_maps: images``: the teacher's merged probabilities for each whole
+        sample image as inference predicts it (TTA views batched, tiles above
+        ``infer.max_full_px``), uint8 ``H x W x K`` (:func:`dsb.probmaps.quantise_probs`)."""
+        amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.precision]
+        predictor = Predictor([self.model], None, self.infer_cfg, device=self.device, amp=amp)
+        return [np.ascontiguousarray(quantise_probs(predictor.predict(s.image)).transpose(1, 2, 0)) for s in samples]
 
 
 def init_weights(model: nn.Module, init_from: str | Path, fold: Optional[int], folds, device: torch.device,
@@ -606,9 +615,12 @@ def train_fold(
                                                   cfg.infer.rescale_min, cfg.infer.rescale_max))
             for s in train_samples
         ]
+    teacher_maps = None
+    if teacher is not None and cfg.train.distill_maps == "images":
+        teacher_maps, teacher = teacher.image_maps(train_samples), None  # each image once, before the first step
     # Each process draws its share of the epoch's crops (DistributedSampler below).
     dataset = EpochDataset(train_samples, cfg.augment, cfg.targets, length=steps * batch * dist.world_size,
-                           seed=cfg.train.seed, weights=weights)
+                           seed=cfg.train.seed, weights=weights, teacher_maps=teacher_maps)
     sampler = None
     if dist.enabled:
         sampler = torch.utils.data.distributed.DistributedSampler(
@@ -655,10 +667,14 @@ def train_fold(
         loader = torch.utils.data.DataLoader(dataset, **loader_kwargs)
         net.train()
         loss_sum, seen = 0.0, 0
-        for step, (images, targets) in enumerate(loader):
+        for step, (images, targets, *taught) in enumerate(loader):
             images = images.to(device, non_blocking=True).to(memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
-            loss = opt.step(net, images, targets, teacher.targets(images) if teacher is not None else None)
+            if taught:  # the teacher's maps of the whole images, cropped with them
+                taught = taught[0].to(device, non_blocking=True)
+            else:
+                taught = teacher.targets(images) if teacher is not None else None
+            loss = opt.step(net, images, targets, taught)
             loss_sum += float(loss) * images.shape[0]
             seen += images.shape[0]
             if on_step is not None and dist.is_main:

@@ -417,3 +417,60 @@ def test_distillation_learns_the_teachers_tta_maps(tmp_path, samples, tiny_train
     with pytest.raises(ConfigError, match="predicts"):
         Teacher.load(dataclasses.replace(other, train=dataclasses.replace(other.train, distill_from=str(teacher_run))),
                      0, folds, torch.device("cpu"), None)
+
+
+def test_distillation_from_whole_image_maps(tmp_path, samples, tiny_train_cfg):
+    """train.distill_maps: images: the teacher predicts each training image once, whole, as
+    inference does, and its maps are cut and moved with the crop (flips, rotations, the size
+    jitter) so the third item of each sample is the teacher's map under the crop; a run trains
+    with them, at the plain speed, and never calls the teacher per step."""
+    from dsb.data.folds import load_folds
+    from dsb.infer.predict import predict_probs
+    from dsb.train import Teacher
+
+    # The dataset: a map equal to the image comes back equal to the crop, under flips and
+    # rotations exactly, under the size jitter up to interpolation (nearest against linear).
+    cfg = tiny_train_cfg()
+    photometric = {f.name: 0.0 for f in dataclasses.fields(cfg.augment) if f.name.startswith("p_")}
+    geometry = dataclasses.replace(cfg.augment, crop_px=64, **photometric)  # flips and 90-degree turns
+    maps = [np.ascontiguousarray(s.image) for s in samples]
+    exact = EpochDataset(samples, dataclasses.replace(geometry, scale_min=1.0, scale_max=1.0),
+                         cfg.targets, length=8, seed=2, teacher_maps=maps)
+    plain = EpochDataset(samples, dataclasses.replace(geometry, scale_min=1.0, scale_max=1.0),
+                         cfg.targets, length=8, seed=2)
+    for i in range(8):
+        image, targets, taught = exact[i]
+        assert torch.equal(taught, image) and torch.equal(image, plain[i][0]) and torch.equal(targets, plain[i][1])
+    jitter = EpochDataset(samples, dataclasses.replace(geometry, scale_min=0.7, scale_max=1.4),
+                          cfg.targets, length=8, seed=2, teacher_maps=maps)
+    moved = [float((jitter[i][2] - jitter[i][0]).abs().mean()) for i in range(8)]
+    # measured: 0 where no resize was drawn, at most 0.013 where one was; a map flipped
+    # against its image gives 0.02-0.22
+    assert max(moved) < 0.03 and max(moved) > 0
+    with pytest.raises(ValueError, match="teacher_maps"):
+        EpochDataset(samples, cfg.augment, cfg.targets, length=2, teacher_maps=maps[:-1])
+
+    # The maps: the teacher's d4 prediction of each whole image, quantised to 1/255.
+    teacher_run = tmp_path / "teacher"
+    train_fold(tiny_train_cfg(epochs=1, steps_per_epoch=2, val_every=1), teacher_run, 0, samples)
+    folds = load_folds(teacher_run / "folds.csv")
+    teach_cfg = tiny_train_cfg(distill_from=str(teacher_run), distill_tta="d4", distill_maps="images")
+    teacher = Teacher.load(teach_cfg, 0, folds, torch.device("cpu"), None)
+    got = teacher.image_maps(samples[:2])
+    from dsb.models.checkpoint import load_model
+    model, _, _ = load_model(teacher.path)
+    for sample, m in zip(samples[:2], got):
+        assert m.dtype == np.uint8 and m.shape == (*sample.label_map.shape, 3)
+        want = predict_probs(model, sample.image, teach_cfg.infer, tta="d4", amp="off").transpose(1, 2, 0)
+        assert np.abs(m / 255.0 - want).max() < 1.5 / 255 + 1e-3
+
+    # A run: the loader gives the maps, the teacher is not asked per step.
+    calls = []
+    original = Teacher.targets
+    Teacher.targets = lambda self, images: calls.append(1) or original(self, images)
+    try:
+        result = train_fold(tiny_train_cfg(epochs=1, steps_per_epoch=2, val_every=1, distill_from=str(teacher_run),
+                                           distill_maps="images"), tmp_path / "taught", 0, samples)
+    finally:
+        Teacher.targets = original
+    assert not calls and (tmp_path / "taught" / "fold0" / "best.pt").is_file() and result.best_map >= 0

@@ -140,7 +140,9 @@ class EpochDataset(Dataset):
     ``(seed, epoch)`` (repeated as needed to fill ``length``), or with ``weights`` a draw
     with replacement in proportion to them, and each crop's
     augmentation is seeded by ``(seed, epoch, index)``. Items are
-    ``(image float32 (3, S, S), targets float32 (K, S, S))``.
+    ``(image float32 (3, S, S), targets float32 (K, S, S))``, and with ``teacher_maps`` (one
+    uint8 ``H x W x K`` map per sample, probabilities x 255) the map's crop as a third,
+    float32 ``(K, S, S)`` in [0, 1], cut and moved as the label map is.
     """
 
     def __init__(
@@ -152,10 +154,19 @@ class EpochDataset(Dataset):
         seed: int = 0,
         make_targets: Callable | None = None,
         weights: Optional[Sequence[float]] = None,
+        teacher_maps: Optional[Sequence[np.ndarray]] = None,
     ) -> None:
         if not samples:
             raise ValueError("no training samples")
         self.samples = list(samples)
+        if teacher_maps is not None:
+            teacher_maps = list(teacher_maps)
+            if len(teacher_maps) != len(self.samples) or any(
+                m.shape[:2] != s.label_map.shape or m.ndim != 3 or m.dtype != np.uint8
+                for m, s in zip(teacher_maps, self.samples)
+            ):
+                raise ValueError("teacher_maps: one uint8 H x W x K map per sample, of the sample's size")
+        self.teacher_maps = teacher_maps
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float64)
             if weights.shape != (len(self.samples),) or not np.all(weights >= 0) or weights.sum() <= 0:
@@ -167,6 +178,8 @@ class EpochDataset(Dataset):
         self.length = int(length)
         self.seed = int(seed)
         self.transform = build_augmentation(augment, train=True)
+        if teacher_maps is not None:  # cropped and moved with the label map (nearest-neighbour)
+            self.transform.add_targets({"teacher": "mask"})
         self._make_targets = make_targets if make_targets is not None else default_make_targets
         self.set_epoch(0)
 
@@ -182,10 +195,14 @@ class EpochDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sample = self.samples[int(self.order[index])]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        which = int(self.order[index])
+        sample = self.samples[which]
         self.transform.set_random_seed(sample_seed(self.seed, self.epoch, index))
-        out = self.transform(image=sample.image, mask=sample.label_map)
+        if self.teacher_maps is None:
+            out = self.transform(image=sample.image, mask=sample.label_map)
+        else:
+            out = self.transform(image=sample.image, mask=sample.label_map, teacher=self.teacher_maps[which])
         targets = self._make_targets(
             np.ascontiguousarray(out["mask"]).astype(np.int32, copy=False),
             self.targets_cfg.channels,
@@ -193,4 +210,8 @@ class EpochDataset(Dataset):
             touching_px=self.targets_cfg.touching_px,
         )
         image = torch.from_numpy(np.ascontiguousarray(out["image"]).transpose(2, 0, 1).astype(np.float32) / 255.0)
-        return image, torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
+        targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
+        if self.teacher_maps is None:
+            return image, targets
+        taught = np.ascontiguousarray(out["teacher"]).transpose(2, 0, 1).astype(np.float32) / 255.0
+        return image, targets, torch.from_numpy(taught)
