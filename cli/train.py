@@ -136,6 +136,7 @@ def register(app: typer.Typer) -> None:
                     result = train_fold(
                         cfg, run_dir, k, samples, resume=resume is not None and run.last(k).is_file(), dist=dist,
                         on_step=on_step, on_epoch=on_epoch, max_epochs=max_epochs,
+                        on_note=progress.console.print,
                     )
                 results.append(result)
             if dist.is_main:

@@ -568,6 +568,7 @@ def train_fold(
     on_step: Optional[StepCallback] = None,
     on_epoch: Optional[EpochCallback] = None,
     max_epochs: Optional[int] = None,
+    on_note: Optional[Callable[[str], None]] = None,
 ) -> FoldResult:
     """Train one fold; returns the best validation mAP and where the checkpoints are.
 
@@ -576,7 +577,8 @@ def train_fold(
     same recipe and no validation, into ``run_dir/full/``; its ``best.pt`` is the last
     epoch's model (the fold models' out-of-fold score is its estimate). ``max_epochs``
     stops early (the schedule still spans ``cfg.train.epochs``), which tests use to
-    simulate an interruption.
+    simulate an interruption. ``on_note`` receives a line about work before the first
+    epoch that takes a while (the teacher's maps of ``train.distill_maps: images``).
     """
     run = RunDir(run_dir)
     if fold is not None and not 0 <= fold < cfg.folds.n_folds:
@@ -617,7 +619,14 @@ def train_fold(
         ]
     teacher_maps = None
     if teacher is not None and cfg.train.distill_maps == "images":
+        t0 = time.perf_counter()
+        if on_note is not None and dist.is_main:
+            on_note(f"teacher {teacher.path}: predicting the {len(train_samples)} training images once "
+                    f"({cfg.train.distill_tta}, train.distill_maps: images)")
         teacher_maps, teacher = teacher.image_maps(train_samples), None  # each image once, before the first step
+        if on_note is not None and dist.is_main:
+            megabytes = sum(m.nbytes for m in teacher_maps) / 1e6
+            on_note(f"teacher maps: {len(teacher_maps)} images, {megabytes:.0f} MB, {time.perf_counter() - t0:.0f} s")
     # Each process draws its share of the epoch's crops (DistributedSampler below).
     dataset = EpochDataset(train_samples, cfg.augment, cfg.targets, length=steps * batch * dist.world_size,
                            seed=cfg.train.seed, weights=weights, teacher_maps=teacher_maps)

@@ -469,8 +469,11 @@ def test_distillation_from_whole_image_maps(tmp_path, samples, tiny_train_cfg):
     original = Teacher.targets
     Teacher.targets = lambda self, images: calls.append(1) or original(self, images)
     try:
+        notes = []
         result = train_fold(tiny_train_cfg(epochs=1, steps_per_epoch=2, val_every=1, distill_from=str(teacher_run),
-                                           distill_maps="images"), tmp_path / "taught", 0, samples)
+                                           distill_maps="images"), tmp_path / "taught", 0, samples, on_note=notes.append)
     finally:
         Teacher.targets = original
     assert not calls and (tmp_path / "taught" / "fold0" / "best.pt").is_file() and result.best_map >= 0
+    n_train = sum(1 for f in load_folds(teacher_run / "folds.csv")["fold"] if f != 0)
+    assert f"predicting the {n_train} training images once" in notes[0] and notes[1].startswith(f"teacher maps: {n_train} images")
