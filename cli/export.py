@@ -29,13 +29,18 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[Optional[list[str]], typer.Option(
             "--set", help="How the set predicts: infer.key=value, postprocess.key=value, model.mode=fast (the deepest "
                           "head alone; model.fast_depth picks another) (e.g. infer.rescale_area_px=700).")] = None,
+        weights_from: Annotated[Optional[Path], typer.Option(
+            "--weights-from", help="With a shipped set: ship the models of this run instead, one that learned from "
+                                   "the set (train.distill_from) or started from it (train.init_from), keeping the "
+                                   "set's postprocessing; full/best.pt for the set's full.pt.")] = None,
     ) -> None:
         """Ship a run as a named fp16 checkpoint set with a manifest (config, command, data checksum, OOF score).
 
         The out-of-fold mAP over all the run's folds and each shipped fold's own held-out
         mAP (with the tuned postprocessing) are scored here and recorded in manifest.json.
         From a shipped set, its weights are copied as they are with the --set settings
-        written in (the manifest keeps its estimates and records the change); NAME may be
+        written in (the manifest keeps its estimates and records the change), or with
+        --weights-from RUN a student's weights (a run that learned from the set); NAME may be
         the set's own name.
         """
         from dsb.errors import DsbError
@@ -45,10 +50,13 @@ def register(app: typer.Typer) -> None:
         if is_shipped_set(source):
             if folds is not None or full:
                 raise DsbError(f"{source}: a shipped set is shipped again whole; --folds and --full are for run folders")
-            out = export_set(source, name, weights_dir, set_ or ())
-            console.print(f"exported {source} with {', '.join(set_ or ())} -> [bold]{out}[/] "
-                          "(the manifest's estimates were measured before these settings)", soft_wrap=True)
+            out = export_set(source, name, weights_dir, set_ or (), student_run=weights_from)
+            changed = ", ".join([*(set_ or ()), *([f"the weights of {weights_from}"] if weights_from else [])])
+            console.print(f"exported {source} with {changed} -> [bold]{out}[/] "
+                          "(the manifest's estimates were measured before these changes)", soft_wrap=True)
             return
+        if weights_from is not None:
+            raise DsbError(f"--weights-from: {source} is not a shipped set (it gives a set another run's weights)")
 
         out, report = ship_run(run_dir, name, weights_dir, folds=parse_folds(folds), full=full, overrides=set_ or (),
                                on_scoring=lambda: console.print("scoring the out-of-fold predictions ..."))

@@ -196,7 +196,47 @@ def _shown(path: Path) -> str:
         return str(resolved)
 
 
-def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[str]) -> Path:
+def _student_models(set_dir: Path, set_cfg, entries: Sequence[dict], student_run: Path) -> tuple[list[Path], dict]:
+    """The student run's model for each of a set's entries (``full`` -> ``full/best.pt``,
+    ``fold<k>`` -> ``fold<k>/best.pt``) and what the manifest records of it, after checking
+    that it learned from or started from ``set_dir`` (``train.distill_from``/``init_from``)
+    and has the set's architecture and target channels."""
+    run = RunDir(student_run)
+    if not run.config.is_file():
+        raise CheckpointError(f"{student_run}: not a training run folder (no config.yaml)")
+    cfg = load_config(run.config)
+    from_set = []
+    for key, spec in (("train.distill_from", cfg.train.distill_from), ("train.init_from", cfg.train.init_from)):
+        if spec:
+            source = resolve_init(spec, key)
+            if source.weights is not None and source.weights.resolve().parent == Path(set_dir).resolve():
+                from_set.append(f"{key}={spec}")
+    if not from_set:
+        raise CheckpointError(f"{student_run}: its models neither learned from nor started from {set_dir} "
+                              "(train.distill_from / train.init_from), so they cannot take that set's "
+                              "postprocessing and estimates")
+
+    def architecture(c):
+        return {k: v for k, v in dataclasses.asdict(c.model).items() if k not in ("mode", "fast_depth", "pretrained", "weights")}
+
+    paths = []
+    for entry in entries:
+        label = str(entry.get("fold", ""))
+        path = run.best(None) if label == "full" else run.best(int(label.removeprefix("fold")))
+        if not path.is_file():
+            raise CheckpointError(f"{student_run}: no {path.relative_to(run.path)} for the set's {entry['file']}")
+        theirs = config_from_dict(load_checkpoint(path)["config"])
+        if architecture(theirs) != architecture(set_cfg) or list(theirs.targets.channels) != list(set_cfg.targets.channels):
+            raise CheckpointError(f"{path}: another model than {set_dir}'s (its model or target channels differ)")
+        paths.append(path)
+    record = {"run": _shown(run.path), "record": run.read_record(), "config": cfg.to_dict(), "learned_from": from_set,
+              "note": "the weights are this run's; the postprocessing, instance filter and estimates (oof_map, oof, "
+                      "held-out maps) are those of the set it learned from, measured with that set's weights"}
+    return paths, record
+
+
+def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[str],
+               student_run: Optional[Path] = None) -> Path:
     """Ship a shipped set again as ``weights_dir/name`` with ``overrides`` (:data:`INFERENCE_KEYS`)
     written into every checkpoint's config and the manifest's: for a set whose training run
     is not at hand. The weights are copied as they are (fp16 in, fp16 out; bit-identical), as
@@ -204,13 +244,19 @@ def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[
     ``export_overrides`` gains ``overrides`` and ``reexports`` records the source set, its
     manifest's SHA-256 and the overrides, which the recorded estimates predate. ``name`` may
     be the set's own: the old folder is replaced only once the new one is complete.
+
+    ``student_run``: the weights come from that run's models instead (``full/best.pt`` for
+    the set's ``full.pt``, ``fold<k>/best.pt`` for ``fold<k>.pt``), a run that learned from
+    the set (``train.distill_from``) or started from it (``train.init_from``), with its
+    architecture; the set's postprocessing and instance filter are kept, and the manifest's
+    ``student`` records the run, its commands and config (``overrides`` may then be empty).
     """
     set_dir = Path(set_dir)
     manifest_file = set_dir / MANIFEST
     if not is_shipped_set(set_dir):
         raise CheckpointError(f"{set_dir}: not a shipped set (no {MANIFEST})")
-    if not overrides:
-        raise CheckpointError(f"{set_dir}: re-exporting a set needs --set overrides (it would be a copy)")
+    if not overrides and student_run is None:
+        raise CheckpointError(f"{set_dir}: re-exporting a set needs --set overrides or --weights-from (it would be a copy)")
     try:
         manifest = json.loads(manifest_file.read_text())
         entries = list(manifest["folds"])
@@ -218,15 +264,23 @@ def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{manifest_file}: unreadable manifest ({exc})") from None
     set_cfg = override_config(set_cfg, overrides, sections=INFERENCE_KEYS)
+    student = None
+    sources = [set_dir / entry["file"] for entry in entries]
+    if student_run is not None:
+        sources, student = _student_models(set_dir, set_cfg, entries, Path(student_run))
     out = Path(weights_dir) / name
     staging = Path(weights_dir) / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        for entry in entries:
-            model, cfg, _ = load_model(set_dir / entry["file"])
-            cfg = override_config(cfg, overrides, sections=INFERENCE_KEYS)
-            extra = load_checkpoint(set_dir / entry["file"])["extra"]  # epoch, source, ...
+        for entry, source in zip(entries, sources):
+            cfg = override_config(load_model(set_dir / entry["file"])[1], overrides, sections=INFERENCE_KEYS)
+            model, _, meta = load_model(source)
+            if student is None:
+                extra = load_checkpoint(source)["extra"]  # epoch, source, ...
+            else:  # the student's weights under the set's config (its postprocessing, inference)
+                extra = {"epoch": meta.get("epoch"), "source": str(source)}
+                entry["epoch"] = meta.get("epoch")
             target = save_checkpoint(staging / entry["file"], model, cfg, half=True, **extra)
             entry["bytes"] = target.stat().st_size
         shipped = {entry["file"] for entry in entries}
@@ -242,8 +296,11 @@ def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[
             "export_overrides": list(manifest.get("export_overrides", [])) + list(overrides),
             "reexports": list(manifest.get("reexports", [])) + [{
                 "from": _shown(set_dir), "manifest_sha256": file_sha256(manifest_file), "overrides": list(overrides),
-                "note": "the manifest's estimates (oof_map, oof, held-out maps) were measured before these overrides",
+                **({"weights_from": student["run"]} if student else {}),
+                "note": "the manifest's estimates (oof_map, oof, held-out maps) were measured before "
+                        + ("these weights and overrides" if student else "these overrides"),
             }],
+            **({"student": student} if student else {}),
         })
         with atomic_write(staging / MANIFEST) as fh:
             json.dump(manifest, fh, indent=2)

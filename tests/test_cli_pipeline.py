@@ -338,3 +338,58 @@ def test_training_into_a_run_with_another_config_is_refused(trained_run, tmp_pat
     info = json.loads((run / "run.json").read_text())
     first = json.loads(before)["command"]
     assert info["folds"] == [0, 1] and info["commands"] == [first, info["command"]] and "--fold 1" in info["command"]
+
+
+@pytest.mark.slow
+def test_a_shipped_set_ships_with_the_weights_of_a_student(trained_run, tmp_path):
+    """dsb export SET NAME --weights-from RUN: the set's full.pt takes RUN's full/best.pt (a run
+    taught by the set, distill_maps: images), in fp16 with the set's postprocessing and the
+    --set settings; the manifest keeps the set's estimates and records the student's run,
+    commands and config; a run that did not learn from the set, or one of another model, is
+    refused and nothing is written."""
+    import shutil
+
+    import torch
+
+    from dsb.models.checkpoint import load_model
+
+    root, trained, _ = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    cfg_path = root / "tiny.yaml"
+    assert runner.invoke(app, ["train", "--config", str(cfg_path), "--full", "--run-dir", str(run)]).exit_code == 0
+    weights = tmp_path / "weights"
+    assert runner.invoke(app, ["export", str(run), "base", "--full", "--weights-dir", str(weights)]).exit_code == 0
+    base = json.loads((weights / "base" / "manifest.json").read_text())
+    student = tmp_path / "student"
+    res = runner.invoke(app, ["train", "--config", str(cfg_path), "--full", "--run-dir", str(student),
+                              "--set", "train.epochs=1", "--set", f"train.init_from={weights / 'base'}",
+                              "--set", f"train.distill_from={weights / 'base'}", "--set", "train.distill_maps=images"])
+    assert res.exit_code == 0, res.output
+    assert "teacher maps:" in res.output
+    res = runner.invoke(app, ["export", str(weights / "base"), "fast", "--weights-from", str(student),
+                              "--set", "infer.tta=none", "--weights-dir", str(weights)])
+    assert res.exit_code == 0, res.output
+    shipped = torch.load(weights / "fast" / "full.pt", weights_only=False)
+    trained_student = torch.load(student / "full" / "best.pt", weights_only=False)
+    assert shipped["half"] and all(torch.equal(shipped["model"][k], v.half() if v.is_floating_point() else v)
+                                   for k, v in trained_student["model"].items())
+    _, cfg, _ = load_model(weights / "fast" / "full.pt")
+    _, base_cfg, _ = load_model(weights / "base" / "full.pt")
+    assert cfg.infer.tta == "none" and cfg.postprocess == base_cfg.postprocess
+    manifest = json.loads((weights / "fast" / "manifest.json").read_text())
+    assert manifest["oof_map"] == base["oof_map"] and manifest["command"] == base["command"]
+    assert manifest["student"]["run"] == str(student) and "--full" in manifest["student"]["record"]["full"]["command"]
+    assert manifest["student"]["config"]["train"]["distill_maps"] == "images"
+    assert manifest["student"]["learned_from"] == [f"train.distill_from={weights / 'base'}",
+                                                   f"train.init_from={weights / 'base'}"]
+    assert manifest["folds"][0]["epoch"] == 0 and manifest["reexports"][-1]["weights_from"] == str(student)
+    assert sorted(p.name for p in (weights / "fast").iterdir()) == sorted(p.name for p in (weights / "base").iterdir())
+    # Refused, nothing written: a run that did not learn from the set; a run folder as the source.
+    res = runner.invoke(app, ["export", str(weights / "base"), "bad", "--weights-from", str(run),
+                              "--weights-dir", str(weights)])
+    assert res.exit_code == 2 and "neither learned from nor started from" in res.output and not (weights / "bad").exists()
+    res = runner.invoke(app, ["export", str(run), "bad", "--full", "--weights-from", str(student),
+                              "--weights-dir", str(weights)])
+    assert res.exit_code == 2 and "not a shipped set" in res.output and not (weights / "bad").exists()
+    assert not [p for p in weights.iterdir() if p.name.startswith(".")]
