@@ -55,8 +55,9 @@ DEFAULT_SETTINGS = ["off,d4,noreuse,nofold", "auto,d4,reuse,nofold", "auto,d4,re
 
 @contextmanager
 def instrumented(reuse: bool, fold: bool, heads: str, clock: dict):
-    """Time every ``Predictor.predict`` by its number of views (one: the passes that measure
-    the nuclei, and every pass under ``--tta none``; more: the kept pass's TTA views); with
+    """Time every ``Predictor.predict`` by its views (the identity alone: the passes that
+    measure the nuclei, and every pass under ``--tta none``; others: the kept pass's TTA
+    views, e.g. ``pair``'s 180-degree turn beside the reused identity); with
     ``reuse`` off, ``Predictor.rest`` is None (the path before it); with ``fold`` off, the
     batch norms stay unfolded (the path before :mod:`dsb.models.fuse`); ``heads`` (``all``,
     ``headD`` or ``""``: as loaded) sets each model's mode as a Predictor takes it."""
@@ -75,7 +76,7 @@ def instrumented(reuse: bool, fold: bool, heads: str, clock: dict):
         try:
             return predict(self, image)
         finally:
-            kind = "measure_s" if len(self.transforms) == 1 else "kept_s"
+            kind = "measure_s" if [t.name for t in self.transforms] == ["identity"] else "kept_s"
             clock[kind] = clock.get(kind, 0.0) + time.perf_counter() - t0
             clock["views"] = clock.get("views", 0) + len(self.transforms)
 
@@ -94,7 +95,7 @@ def instrumented(reuse: bool, fold: bool, heads: str, clock: dict):
 def parse_setting(text: str) -> tuple[str, str, bool, bool, str]:
     parts = text.split(",")
     amp, tta, reuse, fold, heads = (parts + ["fold", ""][len(parts) - 3:])[:5] if len(parts) in (3, 4, 5) else ("",) * 5
-    if (amp not in ("auto", "off", "bf16") or tta not in ("none", "flips", "d4") or reuse not in ("reuse", "noreuse")
+    if (amp not in ("auto", "off", "bf16") or tta not in ("none", "pair", "flips", "d4") or reuse not in ("reuse", "noreuse")
             or fold not in ("fold", "nofold") or not (heads in ("", "all") or heads[:4] == "head" and heads[4:].isdigit())):
         raise SystemExit(f"bad setting {text!r}: AMP,TTA,REUSE[,FOLD[,HEADS]] with AMP in auto/off/bf16, TTA in "
                          "none/flips/d4, REUSE in reuse/noreuse, FOLD in fold/nofold (default fold), HEADS all or "

@@ -18,9 +18,11 @@ F = TypeVar("F", bound=Callable)
 
 
 class Tta(str, enum.Enum):
-    """Test-time augmentation: ``none``, horizontal/vertical ``flips``, or the 8 ``d4`` views."""
+    """Test-time augmentation: ``none``, a ``pair`` (the image and its 180-degree turn),
+    horizontal/vertical ``flips``, or the 8 ``d4`` views."""
 
     none = "none"
+    pair = "pair"
     flips = "flips"
     d4 = "d4"
 

@@ -114,8 +114,8 @@ class Segmenter:
         cfg, instance_filter = ensemble.cfg, ensemble.instance_filter
         infer = cfg.infer
         if tta is not None:
-            if tta not in ("none", "flips", "d4"):
-                raise DsbError(f"--tta: {tta!r} is not one of none, flips, d4")
+            if tta not in ("none", "pair", "flips", "d4"):
+                raise DsbError(f"--tta: {tta!r} is not one of none, pair, flips, d4")
             infer = dataclasses.replace(infer, tta=tta)
         if rescale_area_px is not None:
             if rescale_area_px < 0:

@@ -84,7 +84,7 @@ def _manual_tta(model: nn.Module, image: np.ndarray, mode: str, merge: str = "me
     return stack.mean(0).numpy()
 
 
-@pytest.mark.parametrize("tta", ["none", "flips", "d4"])
+@pytest.mark.parametrize("tta", ["none", "pair", "flips", "d4"])
 @pytest.mark.parametrize("tiled", [False, True])
 def test_pixelwise_model_gives_plain_probabilities(tta, tiled):
     model = PixelNet()
@@ -100,7 +100,7 @@ def test_pixelwise_model_gives_plain_probabilities(tta, tiled):
     np.testing.assert_array_equal(image, before)
 
 
-@pytest.mark.parametrize("tta", ["flips", "d4"])
+@pytest.mark.parametrize("tta", ["pair", "flips", "d4"])
 @pytest.mark.parametrize("merge", ["mean", "gmean"])
 def test_non_equivariant_model_tta_is_aligned_average(tta, merge):
     model = ConvNet()

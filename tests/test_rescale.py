@@ -332,7 +332,7 @@ class _DiscNet:
         return Net()
 
 
-@pytest.mark.parametrize("tta", ["flips", "d4"])
+@pytest.mark.parametrize("tta", ["pair", "flips", "d4"])
 def test_the_kept_pass_reuses_the_scouts_identity_view(tta):
     from dsb.infer.predict import Predictor
 

@@ -19,6 +19,7 @@ def _x(h: int = 5, w: int = 7, b: int = 2, c: int = 3) -> torch.Tensor:
 
 def test_modes():
     assert [t.name for t in tta_transforms("none")] == ["identity"]
+    assert [t.name for t in tta_transforms("pair")] == ["identity", "rot180"]
     assert [t.name for t in tta_transforms("flips")] == ["identity", "hflip", "vflip", "rot180"]
     assert len(tta_transforms("d4")) == 8
     with pytest.raises(ValueError, match="unknown TTA mode"):

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 
-TtaMode = Literal["none", "flips", "d4"]
+TtaMode = Literal["none", "pair", "flips", "d4"]
 MergeMode = Literal["mean", "gmean"]
 
 #: Probabilities are clamped to ``[GMEAN_EPS, 1]`` before the log of the geometric mean.
@@ -90,6 +90,7 @@ TRANSFORMS: dict[str, Transform] = {t.name: t for t in _ALL}
 
 _MODES: dict[str, tuple[str, ...]] = {
     "none": ("identity",),
+    "pair": ("identity", "rot180"),
     "flips": ("identity", "hflip", "vflip", "rot180"),
     "d4": tuple(t.name for t in _ALL),
 }
@@ -98,7 +99,9 @@ _MODES: dict[str, tuple[str, ...]] = {
 def tta_transforms(mode: TtaMode) -> list[Transform]:
     """The transforms of a TTA mode.
 
-    ``"none"``: identity only; ``"flips"``: identity, hflip, vflip and hvflip (= rot180);
+    ``"none"``: identity only; ``"pair"``: identity and rot180 (both flips at once, the view
+    whose errors differ most from the identity's among the flips); ``"flips"``: identity,
+    hflip, vflip and hvflip (= rot180);
     ``"d4"``: all eight (adds the 90/270-degree rotations, transpose and anti-transpose).
     """
     try:
