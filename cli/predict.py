@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[list[str], typer.Option("--checkpoint", "-k", help="A .pt file, a run folder, or a shipped set name; repeat for an ensemble.")],
         input: Annotated[Path, typer.Option("--input", "-i", help="Folder or zip of images (Kaggle layout).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Submission CSV to write.")] = Path("submissions/submission.csv"),
-        tta: Annotated[Optional[Tta], typer.Option(help=TTA_HELP + " Default: the config's.")] = None,
+        tta: Annotated[Optional[Tta], typer.Option(help=TTA_HELP + " Default: the checkpoint's (pair for the shipped set).")] = None,
         save_probs: Annotated[Optional[Path], typer.Option("--save-probs", help="Folder for probability maps (uint8 .npy).")] = None,
         overlays: Annotated[Optional[Path], typer.Option("--overlays", help="Folder for overlay PNGs.")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",

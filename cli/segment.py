@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         rescale_area: Annotated[Optional[float], typer.Option(
             "--rescale-area", help="Nucleus area in pixels the automatic scale aims at (0: no rescaling; "
                                    "default: the checkpoint's).")] = None,
-        tta: Annotated[Optional[Tta], typer.Option(help=TTA_HELP + " Default: the checkpoint's (d4 for the "
+        tta: Annotated[Optional[Tta], typer.Option(help=TTA_HELP + " Default: the checkpoint's (pair for the "
                                                         "shipped set).")] = None,
         fmt: Annotated[str, typer.Option("--format", help="Label images: tif (uint16/uint32) or png (16-bit).")] = "tif",
         rois: Annotated[Optional[list[str]], typer.Option(

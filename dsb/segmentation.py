@@ -275,7 +275,7 @@ def segment(
     nucleus_diameter : typical nucleus diameter in pixels (as Cellpose's ``diameter``);
         None measures it (a first pass)
     normalize : ``"auto"``, ``"percentile"`` or ``"none"``
-    tta : ``"none"``, ``"flips"`` or ``"d4"`` (default: the checkpoint's, d4 for the shipped set)
+    tta : ``"none"``, ``"pair"``, ``"flips"`` or ``"d4"`` (default: the checkpoint's, pair for the shipped set)
     device : ``"auto"``, ``"cpu"``, ``"cuda"``...
     segmenter : a :class:`Segmenter` to use instead of ``checkpoint``/``tta``/``device``
 

@@ -177,3 +177,32 @@ def test_shipped_model_predicts_stage1_test_images(real_data, tmp_path):
     for i in ids:
         assert np.unique(summary.label_maps[i]).size > 2, i  # background and at least two nuclei
     assert read_submission(out)["ImageId"].nunique() == 3
+
+
+def test_the_shipped_weights_are_a_student_of_the_recipes_model(manifest):
+    """The shipped weights are a student (docs/results.md, distillation): a full-data run of
+    the shipped recipe that started from the recipe's model and learned from its TTA maps
+    (`dsb export SET SET --weights-from RUN`). Its recorded command is the recipe's config
+    with only a distillation stage's keys changed, and the recipe's model, targets,
+    augmentation and loss; the manifest's estimates are the teacher's (its note says so)."""
+    import shlex
+
+    from dsb.config import load_config
+    from dsb.train import _HOW_TO_RUN
+
+    repo = Path(__file__).resolve().parents[1]
+    recipe = load_config(repo / "configs/unetpp_nostain_long.yaml")
+    student = manifest["student"]
+    words = shlex.split(student["record"]["full"]["command"])
+    assert "--full" in words and words[words.index("--config") + 1] == "configs/unetpp_nostain_long.yaml"
+    stage = {"epochs", "val_every", "lr", "init_from", "distill_from", "distill_tta", "distill_head", "distill_weight",
+             "distill_maps", "seed"}
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    changed = {s.split("=")[0] for s in sets} - {f"train.{k}" for k in stage} - _HOW_TO_RUN
+    assert not changed, changed
+    taught = load_config(repo / "configs/unetpp_nostain_long.yaml", sets)
+    assert taught.train.distill_from == taught.train.init_from == SHIPPED
+    for section in ("folds", "model", "targets", "augment", "loss"):
+        assert student["config"][section] == getattr(recipe, section).__dict__, section
+    assert student["learned_from"] and "estimates" in student["note"]
+    assert manifest["reexports"][-1]["weights_from"] == student["run"]
