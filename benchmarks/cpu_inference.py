@@ -11,7 +11,7 @@ norms not folded):
   (label TIFFs, nuclei.csv and summary.csv written).
 
 A setting is ``AMP,TTA,REUSE[,FOLD[,HEADS]]``: ``infer.amp`` (``off`` fp32, ``auto``: bf16 on CPUs with
-native bf16), the TTA mode, whether the kept pass reuses the measuring pass's identity
+native bf16), the TTA mode (``none``, ``pair``, ``flips``, ``d4``), whether the kept pass reuses the measuring pass's identity
 view (``reuse``, what dsb does now; ``noreuse``, as before), and whether the batch norms are
 folded into the convolutions (``fold``, the default and what dsb does now; ``nofold``, as
 before; :mod:`dsb.models.fuse`), and which heads the model computes (``all``: the mean of every
@@ -25,6 +25,8 @@ model time (``other``: reading, postprocessing and writing beyond the model's ti
     python benchmarks/cpu_inference.py                           # the 65 stage-1 test images
     python benchmarks/cpu_inference.py --mode segment --size 520x696 --images ../shared/dsb2018/stage1_train.zip --limit 20
     python benchmarks/cpu_inference.py --settings off,d4,noreuse,nofold auto,d4,reuse,nofold auto,d4,reuse
+    # a CPU without native bf16, emulated: this CPU restricted to AVX2 code, in fp32
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/cpu_inference.py --settings off,d4,reuse off,pair,reuse
     python benchmarks/cpu_inference.py --settings auto,d4,reuse,fold,all auto,d4,reuse,fold,head4 auto,none,reuse,fold,head4
 
 Without the images it says so and exits 0. Prints a table; writes

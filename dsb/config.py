@@ -163,6 +163,7 @@ class TrainConfig:
     #: size jitter; nearest-neighbour, like the label map). ``images`` trains at the plain
     #: speed (about 3x ``crops`` with a d4 teacher on a CPU) and the teacher sees each
     #: nucleus with its whole image around it; its maps take one byte a pixel a channel.
+    #: On grouped fold 0 it taught less than ``crops`` (docs/results.md), hence the default.
     distill_maps: Literal["crops", "images"] = "crops"
     #: The teacher's head at this depth alone (its fast mode), or None: the teacher's own
     #: inference mode (its ``model.mode``/``model.fast_depth``).
