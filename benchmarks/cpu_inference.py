@@ -50,6 +50,7 @@ from dsb.device import precision_name, reuse_freed_memory
 from dsb.infer.pipeline import load_ensemble, predict_stage
 from dsb.infer import predict as predict_module
 from dsb.infer.predict import Predictor
+from dsb.infer.tta import TTA_MODES
 from dsb.metrics import DatasetScore, image_score
 
 DEFAULT_SETTINGS = ["off,d4,noreuse,nofold", "auto,d4,reuse,nofold", "auto,d4,reuse", "auto,flips,reuse", "auto,none,reuse"]
@@ -97,10 +98,10 @@ def instrumented(reuse: bool, fold: bool, heads: str, clock: dict):
 def parse_setting(text: str) -> tuple[str, str, bool, bool, str]:
     parts = text.split(",")
     amp, tta, reuse, fold, heads = (parts + ["fold", ""][len(parts) - 3:])[:5] if len(parts) in (3, 4, 5) else ("",) * 5
-    if (amp not in ("auto", "off", "bf16") or tta not in ("none", "pair", "flips", "d4") or reuse not in ("reuse", "noreuse")
+    if (amp not in ("auto", "off", "bf16") or tta not in TTA_MODES or reuse not in ("reuse", "noreuse")
             or fold not in ("fold", "nofold") or not (heads in ("", "all") or heads[:4] == "head" and heads[4:].isdigit())):
         raise SystemExit(f"bad setting {text!r}: AMP,TTA,REUSE[,FOLD[,HEADS]] with AMP in auto/off/bf16, TTA in "
-                         "none/flips/d4, REUSE in reuse/noreuse, FOLD in fold/nofold (default fold), HEADS all or "
+                         f"{'/'.join(TTA_MODES)}, REUSE in reuse/noreuse, FOLD in fold/nofold (default fold), HEADS all or "
                          "headD (default: the checkpoint's)")
     return amp, tta, reuse == "reuse", fold == "fold", heads
 

@@ -274,11 +274,11 @@ def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[
     staging.mkdir(parents=True)
     try:
         for entry, source in zip(entries, sources):
-            cfg = override_config(load_model(set_dir / entry["file"])[1], overrides, sections=INFERENCE_KEYS)
+            own = load_checkpoint(set_dir / entry["file"])  # the set's config and extras (epoch, source, ...)
+            cfg = override_config(config_from_dict(own["config"]), overrides, sections=INFERENCE_KEYS)
             model, _, meta = load_model(source)
-            if student is None:
-                extra = load_checkpoint(source)["extra"]  # epoch, source, ...
-            else:  # the student's weights under the set's config (its postprocessing, inference)
+            extra = own["extra"]
+            if student is not None:  # the student's weights under the set's config (its postprocessing, inference)
                 extra = {"epoch": meta.get("epoch"), "source": str(source)}
                 entry["epoch"] = meta.get("epoch")
             target = save_checkpoint(staging / entry["file"], model, cfg, half=True, **extra)

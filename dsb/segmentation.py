@@ -48,6 +48,7 @@ from dsb.device import dtype_name
 from dsb.errors import DataError, DsbError
 from dsb.infer.pipeline import load_ensemble, postprocess_for
 from dsb.infer.predict import Predictor
+from dsb.infer.tta import TTA_MODES
 from dsb.infer.rescale import RESCALE_TOLERANCE, choose_scale, predict_at_scale, predict_rescaled
 from dsb.postprocess.filter import filtered_labels
 from dsb.utils import atomic_write
@@ -114,8 +115,8 @@ class Segmenter:
         cfg, instance_filter = ensemble.cfg, ensemble.instance_filter
         infer = cfg.infer
         if tta is not None:
-            if tta not in ("none", "pair", "flips", "d4"):
-                raise DsbError(f"--tta: {tta!r} is not one of none, pair, flips, d4")
+            if tta not in TTA_MODES:
+                raise DsbError(f"--tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
             infer = dataclasses.replace(infer, tta=tta)
         if rescale_area_px is not None:
             if rescale_area_px < 0:

@@ -23,11 +23,13 @@ composition and inversion arithmetic on ``(k, f)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence, get_args
 
 import torch
 
 TtaMode = Literal["none", "pair", "flips", "d4"]
+#: The TTA modes by name, fewest views first (the config's ``Literal`` fields list the same).
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
 MergeMode = Literal["mean", "gmean"]
 
 #: Probabilities are clamped to ``[GMEAN_EPS, 1]`` before the log of the geometric mean.
