@@ -473,27 +473,33 @@ def run_evaluation(
     (a folder or zip of images), also the estimate weighted to those images' mix
     (:func:`match_images`; ``report.matched``)."""
     cfg = with_labels(load_run_config(run_dir), labels, run_dir)
-    target_stage = None
-    if match is not None:  # bad input is named before the run's maps are read
-        from dsb.data.kaggle import open_stage
-
-        target_stage = open_stage(match, labels=None)
-        if not target_stage.image_ids:
-            raise DataError(f"--match {match}: no images")
-        if match_predictions is not None:
-            from dsb.data.kaggle import read_rle_csv
-
-            predictions = read_rle_csv(match_predictions)
-            missing = [i for i in target_stage.image_ids if i not in predictions]
-            if missing:
-                raise DataError(f"--match-predictions {match_predictions}: no rows for image {missing[0]} of {match} "
-                                f"({len(missing)} of {len(target_stage.image_ids)} images missing)")
+    # bad input is named before the run's maps are read
+    target_stage = open_match(match, match_predictions) if match is not None else None
     samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
     report = evaluate_run(run_dir, cfg, load_oof(run_dir, cfg, samples))
     report.per_image_csv = write_per_image_csv(report, out_csv or RunDir(run_dir).oof_scores)
     if target_stage is not None:
         report.matched = match_images(run_dir, cfg, report, samples, target_stage, match_predictions, progress)
     return report
+
+
+def open_match(match: Path, predictions: Optional[Path] = None):
+    """The ``--match`` images (a folder or zip) as a stage, checked: it has images, and
+    ``predictions`` (a submission CSV), if given, has rows for every one of them."""
+    from dsb.data.kaggle import open_stage
+
+    stage = open_stage(match, labels=None)
+    if not stage.image_ids:
+        raise DataError(f"--match {match}: no images")
+    if predictions is not None:
+        from dsb.data.kaggle import read_rle_csv
+
+        table = read_rle_csv(predictions)
+        missing = [i for i in stage.image_ids if i not in table]
+        if missing:
+            raise DataError(f"--match-predictions {predictions}: no rows for image {missing[0]} of {match} "
+                            f"({len(missing)} of {len(stage.image_ids)} images missing)")
+    return stage
 
 
 def _median_predicted_area(runs: list) -> float:
@@ -510,36 +516,83 @@ def match_images(run_dir: Path, cfg: Config, report: EvaluationReport, samples, 
     images) or else from the run's first fold model, predicting each image without TTA as
     ``dsb predict`` does (size-adaptive rescaling, the run's tuned postprocessing).
     """
-    from dsb.data.dataset import prepare_image
-    from dsb.data.groups import image_features
-    from dsb.data.imagetypes import classify_image
-    from dsb.shift import matched_estimate, median_areas
+    from dsb.shift import matched_estimate
 
     folds = load_folds(RunDir(run_dir).folds)
     fold_of = dict(zip(folds["image_id"], folds["fold"].astype(int)))
-    train_ids = [s.image_id for s in samples]
-    train_feats = np.stack([image_features(s.image) for s in samples])
-    train_types = np.array([s.image_type for s in samples])
-    mean, scale = train_feats.mean(axis=0), train_feats.std(axis=0)
-    scale = np.where(scale > 1e-9, scale, 1.0)
-    index = {image_id: i for i, image_id in enumerate(train_ids)}
+    reference = NoveltyReference(samples)
+    from dsb.shift import median_areas
 
-    # Held-out images: novelty against the images their fold model trained on.
-    rows = report.per_image.set_index("image_id")
+    areas = {image_id: median_areas(pred) for image_id, pred in report.preds.items()}
+    source = held_out_profile(report.per_image, areas, fold_of, reference)
+    checkpoint = None
+    if predictions is None:
+        checkpoints = RunDir(run_dir).checkpoints()
+        if not checkpoints:
+            raise DataError(f"{run_dir}: no fold checkpoint to measure the --match images' nuclei with; "
+                            "give --match-predictions SUBMISSION.csv")
+        checkpoint = checkpoints[0]
+    target = target_profile(stage, cfg, reference, predictions=predictions, checkpoint=checkpoint, progress=progress)
+    return matched_estimate(source, target, novelty_threshold=cfg.folds.group_threshold)
+
+
+class NoveltyReference:
+    """The training images' appearance features (:func:`dsb.data.groups.image_features`,
+    standardised over them) and types: what novelty (:mod:`dsb.shift`) is measured against."""
+
+    def __init__(self, samples) -> None:
+        from dsb.data.groups import image_features
+
+        self.ids = [s.image_id for s in samples]
+        self.index = {image_id: i for i, image_id in enumerate(self.ids)}
+        self.features = np.stack([image_features(s.image) for s in samples])
+        self.types = np.array([s.image_type for s in samples])
+        self.mean = self.features.mean(axis=0)
+        scale = self.features.std(axis=0)
+        self.scale = np.where(scale > 1e-9, scale, 1.0)
+
+    def distance(self, feature: np.ndarray, image_type: str, among: Optional[np.ndarray] = None) -> float:
+        """Distance to the nearest training image of ``image_type`` (``among``: a mask of the
+        training images to consider; default all)."""
+        feats, types = (self.features, self.types) if among is None else (self.features[among], self.types[among])
+        return _nearest(feature, image_type, feats, types, self.mean, self.scale)
+
+
+def held_out_profile(per_image: pd.DataFrame, areas: dict, fold_of: dict, reference: NoveltyReference) -> pd.DataFrame:
+    """The held-out images' side of :func:`dsb.shift.matched_estimate`.
+
+    ``per_image`` has ``image_id``, ``image_type``, ``fold``, ``score`` and ``group``;
+    ``areas`` the median predicted nucleus area of each (:func:`dsb.shift.median_areas`);
+    ``fold_of`` the fold of every training image (an image whose fold differs was trained
+    on by the held-out image's fold model). Novelty is the distance to the nearest image
+    that fold model trained on.
+    """
+    rows = per_image.set_index("image_id")
+    folds = np.array([fold_of.get(t, -1) for t in reference.ids])
     source = []
-    for image_id, pred in report.preds.items():
-        i = index[image_id]
-        fold = int(rows.at[image_id, "fold"])
-        trained = np.array([fold_of.get(t, -1) != fold for t in train_ids])
+    for image_id, area in areas.items():
+        i = reference.index[image_id]
+        trained = folds != int(rows.at[image_id, "fold"])
         trained[i] = False
-        d = _nearest(train_feats[i], train_types[i], train_feats[trained], train_types[trained], mean, scale)
         source.append({"image_id": image_id, "image_type": rows.at[image_id, "image_type"],
-                       "median_area_px": median_areas(pred), "novelty": d,
+                       "median_area_px": float(area),
+                       "novelty": reference.distance(reference.features[i], reference.types[i], trained),
                        "score": float(rows.at[image_id, "score"]), "group": rows.at[image_id, "group"]})
+    return pd.DataFrame(source)
 
-    # Target images: novelty against every training image; sizes predicted or read.
-    table = None
-    predictor = None
+
+def target_profile(stage, cfg: Config, reference: NoveltyReference, predictions: Optional[Path] = None,
+                   checkpoint: Optional[Path] = None, progress=None) -> pd.DataFrame:
+    """The target images' side of :func:`dsb.shift.matched_estimate`: type, novelty against
+    every training image, and the median nucleus area, read from ``predictions`` (a
+    submission CSV for the images) or predicted by ``checkpoint`` without TTA, as ``dsb
+    predict`` does (size-adaptive rescaling, ``cfg``'s postprocessing)."""
+    from dsb.data.dataset import prepare_image
+    from dsb.data.groups import image_features
+    from dsb.data.imagetypes import classify_image
+    from dsb.shift import median_areas
+
+    table = predictor = None
     if predictions is not None:
         from dsb.data.kaggle import read_rle_csv
 
@@ -547,18 +600,14 @@ def match_images(run_dir: Path, cfg: Config, report: EvaluationReport, samples, 
     else:
         from dsb.infer.predict import Predictor, load_models
 
-        checkpoints = RunDir(run_dir).checkpoints()
-        if not checkpoints:
-            raise DataError(f"{run_dir}: no fold checkpoint to measure the --match images' nuclei with; "
-                            "give --match-predictions SUBMISSION.csv")
-        models, model_cfg = load_models(checkpoints[:1])
+        models, model_cfg = load_models([checkpoint])
         predictor = Predictor(models, cfg.targets.channels, dataclasses.replace(model_cfg.infer, tta="none"))
     target = []
     for done, image_id in enumerate(stage.image_ids, 1):
         raw = stage.read_image_uint8(image_id)
         image_type = classify_image(raw.astype(np.float32) / 255.0)
         prepared = prepare_image(raw, cfg.augment.invert_brightfield)
-        d = _nearest(image_features(prepared), image_type, train_feats, train_types, mean, scale)
+        d = reference.distance(image_features(prepared), image_type)
         if table is not None:
             area = _median_predicted_area(table.runs(image_id))
         else:
@@ -570,7 +619,7 @@ def match_images(run_dir: Path, cfg: Config, report: EvaluationReport, samples, 
         target.append({"image_id": image_id, "image_type": image_type, "median_area_px": area, "novelty": d})
         if progress is not None:
             progress(done, len(stage.image_ids))
-    return matched_estimate(pd.DataFrame(source), pd.DataFrame(target), novelty_threshold=cfg.folds.group_threshold)
+    return pd.DataFrame(target)
 
 
 def _nearest(feature, image_type, reference, reference_types, mean, scale) -> float:

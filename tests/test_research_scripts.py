@@ -149,3 +149,53 @@ def test_held_out_folds_of_a_grouped_run_carry_its_recorded_groups(tmp_path, mon
     pd.DataFrame(table).drop(columns="group").to_csv(run.folds, index=False)
     _, _, entries = module.held_out_folds(str(run.path), "0")
     assert entries[0].groups is None and entries[0].image_ids == ids[:2]
+
+
+@pytest.mark.slow
+def test_tta_gain_weights_every_setting_to_the_match_images(tmp_path):
+    """benchmarks/research/tta_gain.py --match: each setting's held-out scores weighted to
+    another image set's mix, as `dsb evaluate --match` weights a run's out-of-fold maps; a
+    predictions CSV that lacks one of the images is named before any model runs."""
+    from dsb.config import config_from_dict, save_config
+    from dsb.data.imagetypes import classify_image
+    from dsb.data.synthetic import write_synthetic_dataset
+    from dsb.models.checkpoint import save_checkpoint
+    from dsb.rundir import RunDir
+    from tests.test_segment import TINY, threshold_model
+
+    train = write_synthetic_dataset(tmp_path / "train", n=8, seed=11)
+    target = write_synthetic_dataset(tmp_path / "target", n=5, seed=12, masks=False)
+    cfg = config_from_dict({**TINY, "data": {"path": str(train.path)}})
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    save_config(cfg, run.config)
+    stage = open_stage(train.path)
+    ids = sorted(stage.image_ids)
+    types = [classify_image(stage.read_image_uint8(i).astype(np.float32) / 255.0) for i in ids]
+    pd.DataFrame({"image_id": ids, "image_type": types, "fold": [0] * 4 + [1] * 4,
+                  "group": [f"g{k % 3}" for k in range(8)]}).to_csv(run.folds, index=False)
+    save_checkpoint(run.best(0), threshold_model(cfg), cfg)
+
+    out = tmp_path / "tta_gain.json"
+    res = _run("tta_gain.py", run.path, "--folds", "0", "--tta", "none", "pair", "--match", target.path,
+               "--match-predictions", target.solution_csv, "--out", out)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["none", "pair"]
+    for row in rows:
+        matched = row["matched"]
+        assert matched["n_target"] == 5 and 0 < matched["effective_n"] <= 4
+        # a weighted mean of held-out image scores that are neither all 0 nor all 1
+        assert 0.0 < row["map"] < 1.0 and 0.0 < matched["map"] < 1.0
+        assert matched["interval_95"][0] <= matched["map"] <= matched["interval_95"][1]
+    assert "matched" in res.stdout
+
+    lines = target.solution_csv.read_text().splitlines()
+    first = lines[1].split(",")[0]
+    partial = tmp_path / "partial.csv"
+    partial.write_text("\n".join([lines[0], *[ln for ln in lines[1:] if not ln.startswith(first + ",")]]) + "\n")
+    res = _run("tta_gain.py", run.path, "--match", target.path, "--match-predictions", partial, "--out", out)
+    assert res.returncode == 2 and first in res.stderr and "partial.csv" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = _run("tta_gain.py", run.path, "--match-predictions", partial, "--out", out)
+    assert res.returncode == 2 and "--match" in res.stderr

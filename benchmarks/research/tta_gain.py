@@ -16,11 +16,19 @@ Usage::
     python benchmarks/research/tta_gain.py SOURCE [--folds 0,1,2,3] [--tta none flips d4]
         [--rescale-area 0 700] [--rescale-max 2.0] [--rescale-passes 1 2] [--measure-tta same none]
         [--amp off auto] [--mode accurate fast:2] [--limit N] [--data DIR]
+        [--match IMAGES [--match-predictions SUBMISSION.csv]]
 
 ``--amp`` compares the precision of the forward passes (``infer.amp``: ``off`` fp32,
 ``auto`` bf16 on CPUs with native bf16). ``--mode`` compares what the model computes:
 ``accurate`` (the mean of all heads) or ``fast:D`` (head ``D`` alone, only the encoder
 stages and decoder nodes it needs).
+
+``--match IMAGES`` adds, for every setting, the estimate for another image set (e.g. the
+stage-1 test images): the held-out images' scores weighted to that set's mix of image
+types, nucleus sizes and novelty, as ``dsb evaluate --match`` weights a run's out-of-fold
+maps (:mod:`dsb.shift`). Each setting's held-out images are profiled by their own
+predictions; the target images' nucleus sizes are read from ``--match-predictions`` (a
+submission CSV for them) or predicted once by the first fold model without TTA.
 
 Writes benchmarks/results/tta_gain.json.
 """
@@ -40,10 +48,14 @@ from _common import finish, parser  # noqa: E402  (also puts the repository on s
 
 import pandas as pd  # noqa: E402
 
-from dsb.evaluate import bootstrap_interval  # noqa: E402
+from dsb.data.dataset import prepare_image  # noqa: E402
+from dsb.data.imagetypes import classify_image  # noqa: E402
+from dsb.errors import DsbError  # noqa: E402
+from dsb.evaluate import NoveltyReference, bootstrap_interval, held_out_profile, open_match, target_profile  # noqa: E402
 from dsb.infer.pipeline import predict_stage  # noqa: E402
 from dsb.metrics import DatasetScore, image_score  # noqa: E402
 from dsb.rundir import RunDir  # noqa: E402
+from dsb.shift import matched_estimate, median_areas  # noqa: E402
 from dsb.models.checkpoint import load_model  # noqa: E402
 from heldout import held_out_folds  # noqa: E402  (benchmarks/research/heldout.py)
 
@@ -69,7 +81,18 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=None, help="first N held-out images (by id) of each fold")
     p.add_argument("--data", type=Path, default=None,
                    help="shipped set only: folder holding the training zip and labels CSV it was trained on")
+    p.add_argument("--match", type=Path, default=None,
+                   help="images (folder or zip) to estimate for: each setting's held-out scores weighted to their mix")
+    p.add_argument("--match-predictions", type=Path, default=None,
+                   help="a submission CSV for the --match images, to read their nucleus sizes from "
+                        "(default: predicted by the first fold model without TTA)")
     args = p.parse_args()
+    if args.match_predictions is not None and args.match is None:
+        p.error("--match-predictions needs --match")
+    try:
+        match_stage = open_match(args.match, args.match_predictions) if args.match is not None else None
+    except DsbError as err:
+        p.exit(2, f"error: {err}\n")
 
     cfg, stage, entries = held_out_folds(args.source, args.folds, args.data)
     settings = list(itertools.product(args.tta, args.rescale_area, args.rescale_passes, args.measure_tta, args.amp,
@@ -81,6 +104,7 @@ def main() -> int:
     scores: dict[str, list] = {n: [] for n in names}
     seconds = {n: 0.0 for n in names}
     upscaled = {n: 0 for n in names}
+    areas: dict[str, dict[str, float]] = {n: {} for n in names}
     types: dict[str, str] = {}
     epochs = {}
 
@@ -106,6 +130,8 @@ def main() -> int:
                 summary = predict_stage([model], run_cfg, stage, Path(tmp) / "sub.csv", tta=tta, image_ids=ids,
                                         keep_label_maps=True)
                 fold_scores = [image_score(truth[i], summary.label_maps[i], image_id=i) for i in ids]
+                if match_stage is not None:
+                    areas[name].update({i: median_areas(summary.label_maps[i]) for i in ids})
                 scores[name].extend(fold_scores)
                 seconds[name] += summary.wall_seconds
                 upscaled[name] += sum(1 for s in summary.scales.values() if s != 1.0)
@@ -115,6 +141,16 @@ def main() -> int:
     n_images = len(scores[names[0]])
     type_names = sorted(set(types.values()))
     group_of = experiment_groups(args.source)
+    fold_of = {i: entry.fold for entry in entries for i in entry.image_ids}
+    matched = {}
+    if match_stage is not None:
+        target, reference = match_target(stage, cfg, match_stage, args.match_predictions, entries[0].checkpoint)
+        for name in names:
+            per_image = pd.DataFrame([{"image_id": s.image_id, "image_type": types[s.image_id],
+                                       "fold": fold_of[s.image_id], "score": s.score,
+                                       "group": group_of.get(s.image_id, s.image_id)} for s in scores[name]])
+            source = held_out_profile(per_image, areas[name], fold_of, reference)
+            matched[name] = matched_estimate(source, target, novelty_threshold=cfg.folds.group_threshold)
     rows = []
     for name in names:
         overall = DatasetScore.from_images(scores[name])
@@ -123,18 +159,40 @@ def main() -> int:
                                       [group_of.get(s.image_id, s.image_id) for s in scores[name]])
         rows.append({"setting": name, "map": overall.map, "interval_95": interval, "per_type": per_type,
                      "s_per_image": seconds[name] / n_images, "rescaled_images": upscaled[name]})
+        if name in matched:
+            m = matched[name]
+            rows[-1]["matched"] = {"map": m.map, "interval_95": list(m.interval), "effective_n": m.effective_n,
+                                   "images": str(args.match), "n_target": m.n_target}
     base = rows[0]
     print(f"\nfolds {fold_list} of {args.source} (best epochs {epochs}), {n_images} held-out images;"
           f" baseline: {base['setting']}")
     print(f"{'setting':>22} {'mAP':>7} {'95% interval':>15} {'gain':>7} {'s/img':>6} {'x time':>7} {'rescaled':>8}  "
-          + "  ".join(f"{t:>13}" for t in type_names))
+          + "  ".join(f"{t:>13}" for t in type_names) + ("  matched  gain" if matched else ""))
     for r in rows:
         lo, hi = r["interval_95"]
         print(f"{r['setting']:>22} {r['map']:7.4f} {lo:7.4f}-{hi:.4f} {r['map'] - base['map']:+7.4f} {r['s_per_image']:6.2f} "
               f"{r['s_per_image'] / base['s_per_image']:7.2f} {r['rescaled_images']:8d}  "
-              + "  ".join(f"{r['per_type'][t]:13.4f}" for t in type_names))
+              + "  ".join(f"{r['per_type'][t]:13.4f}" for t in type_names)
+              + (f"  {r['matched']['map']:7.4f} {r['matched']['map'] - base['matched']['map']:+7.4f}" if matched else ""))
+    if matched:
+        m = matched[names[0]]
+        print(f"matched: the held-out images weighted to the mix of {args.match} ({m.n_target} images; "
+              f"effective n {m.effective_n:.0f} of {len(m.source)} for the baseline)")
     return finish({"benchmark": "tta_gain", "run": str(args.source), "folds": fold_list, "n_images": n_images,
                    "baseline": base["setting"], "rows": rows}, args.out)
+
+
+def match_target(stage, cfg, match_stage, predictions, checkpoint):
+    """``(target profile, novelty reference)`` for ``--match``: the training images of
+    ``stage`` as the reference, the ``--match`` images profiled against them."""
+    samples = []
+    for image_id in stage.labelled_ids:
+        raw = stage.read_image_uint8(image_id)
+        samples.append(argparse.Namespace(image_id=image_id, image_type=classify_image(raw.astype("float32") / 255.0),
+                                          image=prepare_image(raw, cfg.augment.invert_brightfield)))
+    reference = NoveltyReference(samples)
+    target = target_profile(match_stage, cfg, reference, predictions=predictions, checkpoint=checkpoint)
+    return target, reference
 
 
 def parse_mode(text: str) -> str:
