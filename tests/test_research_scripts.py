@@ -199,3 +199,40 @@ def test_tta_gain_weights_every_setting_to_the_match_images(tmp_path):
     assert "Traceback" not in res.stderr
     res = _run("tta_gain.py", run.path, "--match-predictions", partial, "--out", out)
     assert res.returncode == 2 and "--match" in res.stderr
+
+
+@pytest.mark.slow
+def test_type_settings_searches_a_sets_per_type_postprocessing_on_a_runs_maps(tmp_path, synthetic_run):
+    """benchmarks/research/type_settings.py: the search of `dsb tune --per-type` from a shipped
+    set's common postprocessing, on another run's out-of-fold maps; a run without maps is
+    named, without a traceback."""
+    from dsb.config import config_from_dict
+    from dsb.models import build_model
+    from dsb.models.checkpoint import save_checkpoint
+    from tests.conftest import SYNTHETIC_RUN
+
+    run = synthetic_run(tmp_path / "run")
+    cfg = config_from_dict({**SYNTHETIC_RUN, "postprocess": {"mask_threshold": 0.75, "seed_threshold": 0.85}})
+    weights = save_checkpoint(tmp_path / "set.pt", build_model(cfg, load_weights=False), cfg)
+    out = tmp_path / "type_settings.json"
+    res = _run("type_settings.py", weights, run, "--rounds", "1", "--out", out)
+    assert res.returncode == 0, res.stderr
+    result = json.loads(out.read_text())
+    folds = pd.read_csv(run / "folds.csv")
+    assert {r["image_type"] for r in result["rows"]} == set(folds["image_type"])
+    assert result["common"]["mask_threshold"] == 0.75 and result["n_images"] == len(folds)
+    for row in result["rows"]:
+        if row["held_out_own"] is not None:
+            assert 0.0 <= row["held_out_common"] <= 1.0 and 0.0 <= row["held_out_own"] <= 1.0
+        assert (row["kept"] != {}) == (row["image_type"] in result["by_type"])
+        if row["kept"]:
+            assert row["held_out_own"] > row["held_out_common"]
+    # common thresholds far too high for these maps: some type's own settings win held out
+    assert any(row["kept"] for row in result["rows"]) and "dsb export" in res.stdout
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.yaml").write_text((run / "config.yaml").read_text())
+    (empty / "folds.csv").write_text((run / "folds.csv").read_text())
+    res = _run("type_settings.py", weights, empty, "--out", out)
+    assert res.returncode == 2 and "empty" in res.stderr and "Traceback" not in res.stderr
