@@ -205,4 +205,5 @@ def test_the_shipped_weights_are_a_student_of_the_recipes_model(manifest):
     for section in ("folds", "model", "targets", "augment", "loss"):
         assert student["config"][section] == getattr(recipe, section).__dict__, section
     assert student["learned_from"] and "estimates" in student["note"]
-    assert manifest["reexports"][-1]["weights_from"] == student["run"]
+    # the last re-export that changed the weights was the student's (later ones change settings only)
+    assert [r["weights_from"] for r in manifest["reexports"] if "weights_from" in r][-1] == student["run"]
