@@ -523,6 +523,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and ("off" if not value else "on") in args:
+            # YAML 1.1 reads a bare off/on (also no/yes) as false/true: `amp: off`, `infer.amp=off`
+            value = "on" if value else "off"
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value

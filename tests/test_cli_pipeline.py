@@ -124,11 +124,11 @@ def test_predict_writes_a_valid_submission_with_probs_and_overlays(trained_run):
     out = root / "subs" / "pred.csv"
     res = runner.invoke(app, [
         "predict", "--checkpoint", str(run), "--checkpoint", str(run / "fold0" / "best.pt"),
-        "--input", str(test), "--out", str(out), "--tta", "flips",
+        "--input", str(test), "--out", str(out), "--tta", "flips", "--amp", "off",
         "--save-probs", str(root / "probs"), "--overlays", str(root / "overlays"),
     ])
     assert res.exit_code == 0, res.output
-    assert "2 model(s)" in res.output
+    assert "2 model(s)" in res.output and "(fp32)" in res.output  # --amp off: not YAML's false
     valid = runner.invoke(app, ["validate", str(out), "--images", str(test)])
     assert valid.exit_code == 0, valid.output
     ids = {line.split(",")[0] for line in out.read_text().splitlines()[1:]}

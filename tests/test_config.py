@@ -143,6 +143,18 @@ def test_numbers_written_as_yaml_1_1_strings(tmp_path):
         load_config(path, ["train.lr=fast"])
 
 
+def test_off_is_a_choice_not_a_yaml_boolean(tmp_path):
+    """YAML 1.1 reads a bare ``off`` as false; where ``off`` is one of a key's choices (amp),
+    the file and the override mean the choice (`dsb predict --amp off` sets infer.amp=off)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n")
+    cfg = load_config(path, ["infer.amp=off"])
+    assert (cfg.train.amp, cfg.infer.amp) == ("off", "off")
+    # elsewhere a boolean is still no choice: it is named as the error it is
+    with pytest.raises(ConfigError, match=r"infer\.tta: False is not one of"):
+        load_config(path, ["infer.tta=off"])
+
+
 def test_override_into_a_value_and_broken_yaml_value(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 0.001\n")
