@@ -18,6 +18,11 @@ TTA      ?= d4
 # stage-1 test annotations are drawn about 1 px wider than the training labels
 # (docs/annotation-width.md); 0 reproduces the training labels' outlines.
 EXPAND_PX ?= 1
+# Each image is predicted at the scale that makes its median nucleus this many pixels
+# (--rescale-area). The set's own infer.rescale_area_px, 500 (the training scale, what
+# `dsb segment` uses), is faster; 700 scored higher on held-out images, most of all on ones
+# like the test set's, smaller nuclei (docs/results.md, "Predicting larger").
+RESCALE_AREA ?= 700
 SUBMISSION ?= submissions/stage1_test.csv
 TEST_INPUT = $(shell if [ -e "$(DSB_DATA)/stage1_test.zip" ]; then echo "$(DSB_DATA)/stage1_test.zip"; \
 	elif [ -d "$(DSB_DATA)/stage1_test" ]; then echo "$(DSB_DATA)/stage1_test"; else echo "$(DSB_DATA)"; fi)
@@ -36,7 +41,7 @@ demo: setup
 	$(DSB) demo
 
 submission: setup
-	$(DSB) predict --checkpoint $(WEIGHTS) --input "$(TEST_INPUT)" --out $(SUBMISSION) --tta $(TTA) --expand $(EXPAND_PX)
+	$(DSB) predict --checkpoint $(WEIGHTS) --input "$(TEST_INPUT)" --out $(SUBMISSION) --tta $(TTA) --expand $(EXPAND_PX) --rescale-area $(RESCALE_AREA)
 	$(DSB) validate $(SUBMISSION) --images "$(TEST_INPUT)"
 
 # The HTML report's browser test needs headless Chromium: `browser` finds one or installs
