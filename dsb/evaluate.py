@@ -516,13 +516,11 @@ def match_images(run_dir: Path, cfg: Config, report: EvaluationReport, samples, 
     images) or else from the run's first fold model, predicting each image without TTA as
     ``dsb predict`` does (size-adaptive rescaling, the run's tuned postprocessing).
     """
-    from dsb.shift import matched_estimate
+    from dsb.shift import matched_estimate, median_areas
 
     folds = load_folds(RunDir(run_dir).folds)
     fold_of = dict(zip(folds["image_id"], folds["fold"].astype(int)))
     reference = NoveltyReference(samples)
-    from dsb.shift import median_areas
-
     areas = {image_id: median_areas(pred) for image_id, pred in report.preds.items()}
     source = held_out_profile(report.per_image, areas, fold_of, reference)
     checkpoint = None
