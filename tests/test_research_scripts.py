@@ -1,5 +1,6 @@
-"""The research scripts (benchmarks/research/) that need no model: they run as a user runs
-them, in a fresh process, on small synthetic data, and fail with a message, not a traceback."""
+"""The research scripts (benchmarks/research/): they run as a user runs them, in a fresh
+process, on small synthetic data (with a hand-set model where they need one), and fail with a
+message, not a traceback."""
 
 from __future__ import annotations
 
