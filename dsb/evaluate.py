@@ -474,23 +474,25 @@ def run_evaluation(
     (:func:`match_images`; ``report.matched``)."""
     cfg = with_labels(load_run_config(run_dir), labels, run_dir)
     # bad input is named before the run's maps are read
-    target_stage = open_match(match, match_predictions) if match is not None else None
+    target_stage, sizes = open_match(match, match_predictions) if match is not None else (None, None)
     samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
     report = evaluate_run(run_dir, cfg, load_oof(run_dir, cfg, samples))
     report.per_image_csv = write_per_image_csv(report, out_csv or RunDir(run_dir).oof_scores)
     if target_stage is not None:
-        report.matched = match_images(run_dir, cfg, report, samples, target_stage, match_predictions, progress)
+        report.matched = match_images(run_dir, cfg, report, samples, target_stage, sizes, progress)
     return report
 
 
 def open_match(match: Path, predictions: Optional[Path] = None):
-    """The ``--match`` images (a folder or zip) as a stage, checked: it has images, and
-    ``predictions`` (a submission CSV), if given, has rows for every one of them."""
+    """``(stage, table)``: the ``--match`` images (a folder or zip) as a stage, checked to have
+    images, and ``predictions`` (a submission CSV) read as a table, checked to have rows for
+    every one of them (None without ``predictions``)."""
     from dsb.data.kaggle import open_stage
 
     stage = open_stage(match, labels=None)
     if not stage.image_ids:
         raise DataError(f"--match {match}: no images")
+    table = None
     if predictions is not None:
         from dsb.data.kaggle import read_rle_csv
 
@@ -499,7 +501,7 @@ def open_match(match: Path, predictions: Optional[Path] = None):
         if missing:
             raise DataError(f"--match-predictions {predictions}: no rows for image {missing[0]} of {match} "
                             f"({len(missing)} of {len(stage.image_ids)} images missing)")
-    return stage
+    return stage, table
 
 
 def _median_predicted_area(runs: list) -> float:
@@ -508,12 +510,12 @@ def _median_predicted_area(runs: list) -> float:
 
 
 def match_images(run_dir: Path, cfg: Config, report: EvaluationReport, samples, stage,
-                 predictions: Optional[Path] = None, progress=None):
+                 predictions=None, progress=None):
     """The out-of-fold estimate weighted to the mix of the images of ``stage`` (type, nucleus
     size, novelty; :mod:`dsb.shift`), as a :class:`dsb.shift.MatchedEstimate`.
 
-    The target images' nucleus sizes come from ``predictions`` (a submission CSV for those
-    images) or else from the run's first fold model, predicting each image without TTA as
+    The target images' nucleus sizes come from ``predictions`` (a submission table for those
+    images, :func:`open_match`) or else from the run's first fold model, predicting each image without TTA as
     ``dsb predict`` does (size-adaptive rescaling, the run's tuned postprocessing).
     """
     from dsb.shift import matched_estimate, median_areas
@@ -579,23 +581,20 @@ def held_out_profile(per_image: pd.DataFrame, areas: dict, fold_of: dict, refere
     return pd.DataFrame(source)
 
 
-def target_profile(stage, cfg: Config, reference: NoveltyReference, predictions: Optional[Path] = None,
+def target_profile(stage, cfg: Config, reference: NoveltyReference, predictions=None,
                    checkpoint: Optional[Path] = None, progress=None) -> pd.DataFrame:
     """The target images' side of :func:`dsb.shift.matched_estimate`: type, novelty against
-    every training image, and the median nucleus area, read from ``predictions`` (a
-    submission CSV for the images) or predicted by ``checkpoint`` without TTA, as ``dsb
-    predict`` does (size-adaptive rescaling, ``cfg``'s postprocessing)."""
+    every training image, and the median nucleus area, read from ``predictions`` (the
+    submission table of the images that :func:`open_match` read) or predicted by
+    ``checkpoint`` without TTA, as ``dsb predict`` does (size-adaptive rescaling, ``cfg``'s
+    postprocessing)."""
     from dsb.data.dataset import prepare_image
     from dsb.data.groups import image_features
     from dsb.data.imagetypes import classify_image
     from dsb.shift import median_areas
 
-    table = predictor = None
-    if predictions is not None:
-        from dsb.data.kaggle import read_rle_csv
-
-        table = read_rle_csv(predictions)
-    else:
+    table, predictor = predictions, None
+    if table is None:
         from dsb.infer.predict import Predictor, load_models
 
         models, model_cfg = load_models([checkpoint])

@@ -90,7 +90,7 @@ def main() -> int:
     if args.match_predictions is not None and args.match is None:
         p.error("--match-predictions needs --match")
     try:
-        match_stage = open_match(args.match, args.match_predictions) if args.match is not None else None
+        match_stage, sizes = open_match(args.match, args.match_predictions) if args.match is not None else (None, None)
     except DsbError as err:
         p.exit(2, f"error: {err}\n")
 
@@ -144,7 +144,7 @@ def main() -> int:
     fold_of = {i: entry.fold for entry in entries for i in entry.image_ids}
     matched = {}
     if match_stage is not None:
-        target, reference = match_target(stage, cfg, match_stage, args.match_predictions, entries[0].checkpoint)
+        target, reference = match_target(stage, cfg, match_stage, sizes, entries[0].checkpoint)
         for name in names:
             per_image = pd.DataFrame([{"image_id": s.image_id, "image_type": types[s.image_id],
                                        "fold": fold_of[s.image_id], "score": s.score,
