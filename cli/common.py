@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import typing
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -12,19 +13,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dsb.config import TtaMode
 from dsb.errors import DsbError
 
 F = TypeVar("F", bound=Callable)
 
 
-class Tta(str, enum.Enum):
-    """Test-time augmentation: ``none``, a ``pair`` (the image and its 180-degree turn),
-    horizontal/vertical ``flips``, or the 8 ``d4`` views."""
-
-    none = "none"
-    pair = "pair"
-    flips = "flips"
-    d4 = "d4"
+#: Test-time augmentation: ``none``, a ``pair`` (the image and its 180-degree turn),
+#: horizontal/vertical ``flips``, or the 8 ``d4`` views (:data:`dsb.config.TtaMode`).
+Tta = enum.Enum("Tta", {mode: mode for mode in typing.get_args(TtaMode)}, type=str)
 
 
 class Amp(str, enum.Enum):

@@ -23,6 +23,8 @@ from dsb.errors import ConfigError
 from dsb.utils import atomic_write
 
 TARGET_CHANNELS = ("body", "border", "touching")
+#: Test-time augmentation modes, fewest views first (:mod:`dsb.infer.tta` gives their views).
+TtaMode = Literal["none", "pair", "flips", "d4"]
 
 
 @dataclass
@@ -155,7 +157,7 @@ class TrainConfig:
     #: ``best.pt``, ``--full``'s ``full/best.pt``; the run must have the same folds) or one
     #: checkpoint (which may not teach a fold's model on the data it was trained on).
     distill_from: Optional[str] = None
-    distill_tta: Literal["none", "pair", "flips", "d4"] = "d4"
+    distill_tta: TtaMode = "d4"
     #: Where the teacher predicts: ``"crops"``, each training crop as it is drawn (the
     #: teacher's views cost a forward pass each, every step); ``"images"``, each training
     #: image once before the first epoch, whole, at its training scale (tiled as inference
@@ -182,7 +184,7 @@ class TrainConfig:
     sampling: Literal["uniform", "balanced"] = "uniform"
     #: Validate (predict, postprocess, score mAP) every this many epochs.
     val_every: int = 1
-    val_tta: Literal["none", "pair", "flips", "d4"] = "none"
+    val_tta: TtaMode = "none"
 
 
 #: The image types that may have their own postprocessing (those of dsb.data.imagetypes).
@@ -264,7 +266,7 @@ class PostprocessConfig:
 
 @dataclass
 class InferConfig:
-    tta: Literal["none", "pair", "flips", "d4"] = "d4"
+    tta: TtaMode = "d4"
     merge: Literal["mean", "gmean"] = "mean"
     #: Images with more pixels than this are predicted in overlapping tiles; it also
     #: bounds the input pixels of every forward pass (TTA views are batched up to it).

@@ -27,8 +27,9 @@ from typing import Callable, Iterator, Literal, Sequence, get_args
 
 import torch
 
-TtaMode = Literal["none", "pair", "flips", "d4"]
-#: The TTA modes by name, fewest views first (the config's ``Literal`` fields list the same).
+from dsb.config import TtaMode
+
+#: The TTA modes by name, fewest views first (:data:`dsb.config.TtaMode`).
 TTA_MODES: tuple[str, ...] = get_args(TtaMode)
 MergeMode = Literal["mean", "gmean"]
 
