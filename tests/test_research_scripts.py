@@ -237,3 +237,52 @@ def test_type_settings_searches_a_sets_per_type_postprocessing_on_a_runs_maps(tm
     (empty / "folds.csv").write_text((run / "folds.csv").read_text())
     res = _run("type_settings.py", weights, empty, "--out", out)
     assert res.returncode == 2 and "empty" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_weight_average_writes_the_mean_of_each_model_as_a_run(tmp_path, synthetic_run):
+    """benchmarks/research/weight_average.py: each model of the new run is the element-wise
+    mean of the runs' same model, with the first run's config, folds and postprocessing; runs
+    of other folds are named, without a traceback, and nothing is written for them."""
+    import shutil
+
+    import torch
+
+    from dsb.config import config_from_dict
+    from dsb.models import build_model
+    from dsb.models.checkpoint import load_model, save_checkpoint
+    from tests.conftest import SYNTHETIC_RUN
+
+    cfg = config_from_dict(SYNTHETIC_RUN)
+    runs = []
+    for i, name in enumerate(["a", "b", "c"]):
+        run = synthetic_run(tmp_path / name)
+        torch.manual_seed(i)
+        for fold in range(cfg.folds.n_folds):
+            save_checkpoint(run / f"fold{fold}" / "best.pt", build_model(cfg, load_weights=False), cfg, epoch=4)
+        runs.append(run)
+    (runs[0] / "postprocess.yaml").write_text("postprocess:\n  mask_threshold: 0.6\n")
+    out, soup = tmp_path / "wa.json", tmp_path / "soup"
+    res = _run("weight_average.py", soup, *runs, "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert (soup / "postprocess.yaml").read_text() == (runs[0] / "postprocess.yaml").read_text()
+    assert (soup / "folds.csv").read_text() == (runs[0] / "folds.csv").read_text()
+    for fold in range(cfg.folds.n_folds):
+        states = [load_model(r / f"fold{fold}" / "best.pt")[0].state_dict() for r in runs]
+        mean = load_model(soup / f"fold{fold}" / "best.pt")[0].state_dict()
+        for key, value in mean.items():
+            if value.is_floating_point():
+                torch.testing.assert_close(value, sum(s[key] for s in states) / 3, atol=1e-6, rtol=1e-5)
+        # three different initialisations: each run is far from the mean, and all equally so
+        distances = json.loads(out.read_text())["rows"][fold]["distances"]
+        assert len(distances) == 3 and min(distances) > 0.1
+
+    other = tmp_path / "other"
+    shutil.copytree(runs[1], other)
+    folds = pd.read_csv(other / "folds.csv")
+    folds["fold"] = 1 - folds["fold"]
+    folds.to_csv(other / "folds.csv", index=False)
+    res = _run("weight_average.py", tmp_path / "soup2", runs[0], other, "--out", out)
+    assert res.returncode == 2 and "other" in res.stderr and "folds" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "soup2").exists() and not (tmp_path / "soup2.partial").exists()
+    res = _run("weight_average.py", soup, *runs, "--out", out)
+    assert res.returncode == 2 and "exists" in res.stderr
