@@ -249,7 +249,8 @@ def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[
     the set's ``full.pt``, ``fold<k>/best.pt`` for ``fold<k>.pt``), a run that learned from
     the set (``train.distill_from``) or started from it (``train.init_from``), with its
     architecture; the set's postprocessing and instance filter are kept, and the manifest's
-    ``student`` records the run, its commands and config (``overrides`` may then be empty).
+    ``student`` records the run, its commands and config (``overrides`` may then be empty); a
+    set that already held a student's weights moves that record to ``earlier_students``.
     """
     set_dir = Path(set_dir)
     manifest_file = set_dir / MANIFEST
@@ -301,6 +302,10 @@ def export_set(set_dir: Path, name: str, weights_dir: Path, overrides: Sequence[
                         + ("these weights and overrides" if student else "these overrides"),
             }],
             **({"student": student} if student else {}),
+            # A student of a student (a set continued, then distilled): the weights it replaces
+            # keep their record, so the manifest still says how every stage was trained.
+            **({"earlier_students": list(manifest.get("earlier_students", [])) + [manifest["student"]]}
+               if student and manifest.get("student") else {}),
         })
         with atomic_write(staging / MANIFEST) as fh:
             json.dump(manifest, fh, indent=2)

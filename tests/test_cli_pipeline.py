@@ -385,6 +385,18 @@ def test_a_shipped_set_ships_with_the_weights_of_a_student(trained_run, tmp_path
                                                    f"train.init_from={weights / 'base'}"]
     assert manifest["folds"][0]["epoch"] == 0 and manifest["reexports"][-1]["weights_from"] == str(student)
     assert sorted(p.name for p in (weights / "fast").iterdir()) == sorted(p.name for p in (weights / "base").iterdir())
+    assert "earlier_students" not in manifest
+    # A student of the student (the set continued, then distilled): the earlier record is kept.
+    second = tmp_path / "second"
+    res = runner.invoke(app, ["train", "--config", str(cfg_path), "--full", "--run-dir", str(second),
+                              "--set", "train.epochs=1", "--set", f"train.init_from={weights / 'fast'}"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export", str(weights / "fast"), "fast", "--weights-from", str(second),
+                              "--weights-dir", str(weights)])
+    assert res.exit_code == 0, res.output
+    again = json.loads((weights / "fast" / "manifest.json").read_text())
+    assert again["student"]["run"] == str(second) and again["earlier_students"] == [manifest["student"]]
+    assert [r.get("weights_from") for r in again["reexports"]][-2:] == [str(student), str(second)]
     # Refused, nothing written: a run that did not learn from the set; a run folder as the source.
     res = runner.invoke(app, ["export", str(weights / "base"), "bad", "--weights-from", str(run),
                               "--weights-dir", str(weights)])
