@@ -181,10 +181,13 @@ def test_shipped_model_predicts_stage1_test_images(real_data, tmp_path):
 
 def test_the_shipped_weights_are_a_student_of_the_recipes_model(manifest):
     """The shipped weights are a student (docs/results.md, distillation): a full-data run of
-    the shipped recipe that started from the recipe's model and learned from its TTA maps
-    (`dsb export SET SET --weights-from RUN`). Its recorded command is the recipe's config
-    with only a distillation stage's keys changed, and the recipe's model, targets,
-    augmentation and loss; the manifest's estimates are the teacher's (its note says so)."""
+    the shipped recipe that started from the set and learned from its TTA maps (`dsb export
+    SET SET --weights-from RUN`). The weights it learned from may themselves be an earlier
+    stage (`earlier_students`: the recipe's model trained on from where it stopped). Every
+    stage's recorded command is the recipe's config with only a training stage's keys changed,
+    and the recipe's model, targets, augmentation and loss; the manifest's estimates are the
+    first model's (each stage's note says so), and the re-exports that changed the weights are
+    these stages, in order."""
     import shlex
 
     from dsb.config import load_config
@@ -192,18 +195,25 @@ def test_the_shipped_weights_are_a_student_of_the_recipes_model(manifest):
 
     repo = Path(__file__).resolve().parents[1]
     recipe = load_config(repo / "configs/unetpp_nostain_long.yaml")
-    student = manifest["student"]
-    words = shlex.split(student["record"]["full"]["command"])
-    assert "--full" in words and words[words.index("--config") + 1] == "configs/unetpp_nostain_long.yaml"
     stage = {"epochs", "val_every", "lr", "init_from", "distill_from", "distill_tta", "distill_head", "distill_weight",
              "distill_maps", "seed"}
-    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
-    changed = {s.split("=")[0] for s in sets} - {f"train.{k}" for k in stage} - _HOW_TO_RUN
-    assert not changed, changed
-    taught = load_config(repo / "configs/unetpp_nostain_long.yaml", sets)
+
+    def stage_config(record: dict):
+        words = shlex.split(record["record"]["full"]["command"])
+        assert "--full" in words and words[words.index("--config") + 1] == "configs/unetpp_nostain_long.yaml"
+        sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        changed = {s.split("=")[0] for s in sets} - {f"train.{k}" for k in stage} - _HOW_TO_RUN
+        assert not changed, changed
+        for section in ("folds", "model", "targets", "augment", "loss"):
+            assert record["config"][section] == getattr(recipe, section).__dict__, section
+        assert record["learned_from"] and "estimates" in record["note"]
+        return load_config(repo / "configs/unetpp_nostain_long.yaml", sets)
+
+    student, earlier = manifest["student"], manifest.get("earlier_students", [])
+    taught = stage_config(student)
     assert taught.train.distill_from == taught.train.init_from == SHIPPED
-    for section in ("folds", "model", "targets", "augment", "loss"):
-        assert student["config"][section] == getattr(recipe, section).__dict__, section
-    assert student["learned_from"] and "estimates" in student["note"]
-    # the last re-export that changed the weights was the student's (later ones change settings only)
-    assert [r["weights_from"] for r in manifest["reexports"] if "weights_from" in r][-1] == student["run"]
+    for record in earlier:  # trained on from a set of the recipe
+        assert stage_config(record).train.init_from
+    # the re-exports that changed the weights were these stages (later ones change settings only)
+    assert [r["weights_from"] for r in manifest["reexports"] if "weights_from" in r] == [
+        r["run"] for r in [*earlier, student]]
