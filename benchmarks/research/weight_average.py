@@ -22,6 +22,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
 
@@ -35,19 +36,18 @@ from dsb.models.checkpoint import load_checkpoint, load_model, save_checkpoint  
 from dsb.rundir import RunDir  # noqa: E402
 
 
-def model_names(run: RunDir) -> list[str]:
-    """``fold<k>`` and ``full`` folders of ``run`` that hold a ``best.pt``, sorted."""
-    return sorted(p.parent.name for p in run.path.glob(f"*/{RunDir.BEST}")
-                  if p.parent.name == RunDir.FULL or p.parent.name.startswith("fold"))
+def trained_models(run: RunDir) -> list[Optional[int]]:
+    """The run's models with a ``best.pt``: fold numbers, then None for ``full/``."""
+    return sorted(run.trained_folds()) + ([None] if run.best(None).is_file() else [])
 
 
-def check_runs(runs: list[RunDir]) -> list[str]:
+def check_runs(runs: list[RunDir]) -> list[Optional[int]]:
     """The models to average; raises DsbError naming the run that cannot join the others."""
     for run in runs:
         if not run.config.is_file() or not run.folds.is_file():
             raise DsbError(f"{run}: not a run folder (it needs {RunDir.CONFIG} and {RunDir.FOLDS})")
-    names = model_names(runs[0])
-    if not names:
+    models = trained_models(runs[0])
+    if not models:
         raise DsbError(f"{runs[0]}: no trained model (fold*/{RunDir.BEST} or {RunDir.FULL}/{RunDir.BEST})")
     first = load_folds(runs[0].folds).sort_values("image_id")[["image_id", "fold"]].reset_index(drop=True)
     for run in runs[1:]:
@@ -55,10 +55,10 @@ def check_runs(runs: list[RunDir]) -> list[str]:
         if not first.equals(other):
             raise DsbError(f"{run}: its folds ({run.folds}) differ from {runs[0].folds}; "
                            "only models of the same folds average into held-out models")
-        missing = [n for n in names if not (run.path / n / RunDir.BEST).is_file()]
+        missing = [run.best(k) for k in models if not run.best(k).is_file()]
         if missing:
-            raise DsbError(f"{run}: no {', '.join(f'{n}/{RunDir.BEST}' for n in missing)} (the first run has them)")
-    return names
+            raise DsbError(f"{run}: no {', '.join(map(str, missing))} (the first run has them)")
+    return models
 
 
 def average(paths: list[Path]) -> tuple[torch.nn.Module, object, dict, list[float]]:
@@ -93,8 +93,7 @@ def main() -> int:
         p.exit(2, f"error: {args.folder} exists; name a new folder\n")
     runs = [RunDir(r) for r in args.runs]
     try:
-        names = check_runs(runs)
-        averaged = {n: average([r.path / n / RunDir.BEST for r in runs]) for n in names}
+        averaged = {k: average([r.best(k) for r in runs]) for k in check_runs(runs)}
     except DsbError as err:
         p.exit(2, f"error: {err}\n")
     out = RunDir(args.folder)
@@ -105,9 +104,9 @@ def main() -> int:
         if (runs[0].path / name).is_file():
             shutil.copyfile(runs[0].path / name, partial.path / name)
     rows = []
-    for name, (model, cfg, extra, distances) in averaged.items():
-        save_checkpoint(partial.path / name / RunDir.BEST, model, cfg,
-                        **{**extra, "averaged_from": [str(r.path / name / RunDir.BEST) for r in runs]})
+    for k, (model, cfg, extra, distances) in averaged.items():
+        name = partial.model_dir(k).name
+        save_checkpoint(partial.best(k), model, cfg, **{**extra, "averaged_from": [str(r.best(k)) for r in runs]})
         print(f"{name}: the mean of {len(runs)} models; distance of each from it (relative L2): "
               + ", ".join(f"{d:.4f}" for d in distances))
         rows.append({"model": name, "distances": distances})
