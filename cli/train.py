@@ -57,6 +57,11 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: section.key=value.")] = None,
         data: Annotated[Optional[Path], typer.Option("--data", help="Training data (folder or zip); overrides data.path.")] = None,
         labels: Annotated[Optional[str], typer.Option("--labels", help="'masks' or an RLE CSV; overrides data.labels.")] = None,
+        pseudo_images: Annotated[Optional[Path], typer.Option(
+            "--pseudo-images", help="Unlabelled images (folder or zip) to self-train on; overrides data.pseudo_path.")] = None,
+        pseudo_labels: Annotated[Optional[Path], typer.Option(
+            "--pseudo-labels", help="Their predicted nuclei, an RLE CSV from dsb predict --expand 0; "
+                                    "overrides data.pseudo_labels.")] = None,
         full: Annotated[bool, typer.Option("--full", help="Train one model on every image (no validation) into RUN_DIR/full/.")] = False,
         max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", hidden=True)] = None,
     ) -> None:
@@ -68,7 +73,7 @@ def register(app: typer.Typer) -> None:
         same recipe on every image into RUN_DIR/full/ (for shipping; the folds'
         out-of-fold score estimates it); give it the cross-validation run's folder.
         """
-        from dsb.data.samples import load_samples
+        from dsb.data.samples import load_pseudo_samples, load_samples
         from dsb.device import process_group, reuse_freed_memory
         from dsb.train import check_init_start, check_run_config, check_run_start, record_run, train_fold
 
@@ -77,6 +82,10 @@ def register(app: typer.Typer) -> None:
             overrides.append(f"data.path={json.dumps(str(data))}")
         if labels is not None:
             overrides.append(f"data.labels={json.dumps(labels)}")
+        if pseudo_images is not None:
+            overrides.append(f"data.pseudo_path={json.dumps(str(pseudo_images))}")
+        if pseudo_labels is not None:
+            overrides.append(f"data.pseudo_labels={json.dumps(str(pseudo_labels))}")
         if full and (fold is not None or folds is not None):
             raise ConfigError("--full trains on every image; do not pass --fold/--folds with it")
         if resume is not None:
@@ -106,9 +115,13 @@ def register(app: typer.Typer) -> None:
                 check_run_config(cfg, run_dir)
                 check_init_start(cfg, chosen)  # train.init_from and train.distill_from
             samples = load_samples(cfg.data, cfg.augment.invert_brightfield)
+            pseudo = load_pseudo_samples(cfg.data, cfg.augment.invert_brightfield)
             if dist.is_main:
                 check_run_start(cfg, run_dir, samples, chosen)
                 console.print(f"[bold]run[/] {run_dir}  {'full data' if full else f'folds {chosen}'}  config {cfg.name}")
+                if pseudo:
+                    console.print(f"pseudo-labelled: {len(pseudo)} images of {cfg.data.pseudo_path} "
+                                  f"({cfg.data.pseudo_share:.0%} of the crops)")
                 record_run(run_dir, chosen, _command_line(ctx), resumed=resume is not None)
             reuse_freed_memory()  # each step's activations reuse the last one's memory (benchmarks/malloc_reuse.py --train)
             results = []
@@ -136,7 +149,7 @@ def register(app: typer.Typer) -> None:
                     result = train_fold(
                         cfg, run_dir, k, samples, resume=resume is not None and run.last(k).is_file(), dist=dist,
                         on_step=on_step, on_epoch=on_epoch, max_epochs=max_epochs,
-                        on_note=progress.console.print,
+                        on_note=progress.console.print, pseudo=pseudo,
                     )
                 results.append(result)
             if dist.is_main:

@@ -40,6 +40,17 @@ class DataConfig:
     synthetic_seed: int = 0
     #: Keep decoded images/targets in memory between epochs (fast; costs RAM).
     cache: bool = True
+    #: Self-training: images without labels (the test set, or your own) that join the training
+    #: crops with predicted labels. ``pseudo_path`` is a Kaggle-layout folder or zip and
+    #: ``pseudo_labels`` an RLE CSV of its nuclei, as ``dsb predict --expand 0`` writes it (the
+    #: training labels' outlines); images without a row are left out. They train every model
+    #: (a fold's and the full-data one) and are never validated on. Pseudo-labels of a fold's
+    #: own held-out images (a simulation) must come from a model that never saw them.
+    pseudo_path: Optional[str] = None
+    pseudo_labels: Optional[str] = None
+    #: Share of each epoch's crops drawn from the pseudo-labelled images (evenly among them);
+    #: the labelled images keep their own sampling within the rest.
+    pseudo_share: float = 0.25
 
 
 @dataclass
@@ -371,6 +382,11 @@ class Config:
                 f"infer.tile_overlap_px: {self.infer.tile_overlap_px} is out of range; must be less than half "
                 f"of infer.tile_px ({self.infer.tile_px})"
             )
+        if bool(self.data.pseudo_path) != bool(self.data.pseudo_labels):
+            given, missing = (("data.pseudo_path", "data.pseudo_labels") if self.data.pseudo_path
+                              else ("data.pseudo_labels", "data.pseudo_path"))
+            raise ConfigError(f"{given} is given without {missing}: pseudo-labelled images need both the "
+                              "images and their labels' RLE CSV")
         return self
 
 # --------------------------------------------------------------------------- ranges
@@ -401,6 +417,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "loss.bce_weight": (0, _INF, False, True),
     "loss.dice_weight": (0, _INF, False, True),
     "loss.channel_weights": (0, _INF, False, True),
+    "data.pseudo_share": (0, 1, True, True),
     "train.epochs": (1, _INF, False, True),
     "train.batch_size": (1, _INF, False, True),
     "train.steps_per_epoch": (0, _INF, False, True),

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsb.config import Config, load_config, save_config
-from dsb.data.dataset import EpochDataset, Sample, balanced_weights, normalise_sample_size
+from dsb.data.dataset import EpochDataset, Sample, balanced_weights, normalise_sample_size, with_pseudo_weights
 from dsb.data.folds import load_folds, load_or_make_folds, make_folds
 from dsb.data.samples import sample_groups
 from dsb.device import DistInfo, amp_dtype, autocast, resolve_device
@@ -569,6 +569,7 @@ def train_fold(
     on_epoch: Optional[EpochCallback] = None,
     max_epochs: Optional[int] = None,
     on_note: Optional[Callable[[str], None]] = None,
+    pseudo: Sequence[Sample] = (),
 ) -> FoldResult:
     """Train one fold; returns the best validation mAP and where the checkpoints are.
 
@@ -579,6 +580,8 @@ def train_fold(
     stops early (the schedule still spans ``cfg.train.epochs``), which tests use to
     simulate an interruption. ``on_note`` receives a line about work before the first
     epoch that takes a while (the teacher's maps of ``train.distill_maps: images``).
+    ``pseudo`` (:func:`dsb.data.samples.load_pseudo_samples`) are pseudo-labelled images:
+    they give ``data.pseudo_share`` of every epoch's crops and are never validated on.
     """
     run = RunDir(run_dir)
     if fold is not None and not 0 <= fold < cfg.folds.n_folds:
@@ -617,6 +620,12 @@ def train_fold(
                                                   cfg.infer.rescale_min, cfg.infer.rescale_max))
             for s in train_samples
         ]
+    if pseudo:
+        pseudo = [normalise_sample_size(s, choose_scale(s.label_map, cfg.augment.normalize_area_px,
+                                                        cfg.infer.rescale_min, cfg.infer.rescale_max))
+                  if cfg.augment.normalize_area_px > 0 else s for s in pseudo]
+        weights = with_pseudo_weights(weights, len(train_samples), len(pseudo), cfg.data.pseudo_share)
+        train_samples = [*train_samples, *pseudo]
     teacher_maps = None
     if teacher is not None and cfg.train.distill_maps == "images":
         t0 = time.perf_counter()

@@ -405,3 +405,34 @@ def test_a_shipped_set_ships_with_the_weights_of_a_student(trained_run, tmp_path
                               "--weights-dir", str(weights)])
     assert res.exit_code == 2 and "not a shipped set" in res.output and not (weights / "bad").exists()
     assert not [p for p in weights.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_training_takes_pseudo_labelled_images(trained_run, tmp_path):
+    """dsb train --pseudo-images DIR --pseudo-labels CSV: the images (with the nuclei of the
+    CSV, e.g. a `dsb predict --expand 0` submission) join the training crops, and the run's
+    config records them; half of the pair, or a CSV naming none of the images, is refused
+    before the run folder is made."""
+    import pandas as pd
+
+    root, _, test = trained_run
+    solution = pd.read_csv(test.parent / "test_solution.csv")
+    labels = tmp_path / "predicted.csv"
+    solution[["ImageId", "EncodedPixels"]].to_csv(labels, index=False)
+    base = ["train", "--config", str(root / "tiny.yaml"), "--fold", "0", "--max-epochs", "1"]
+    res = runner.invoke(app, [*base, "--run-dir", str(tmp_path / "run"), "--pseudo-images", str(test),
+                              "--pseudo-labels", str(labels)])
+    assert res.exit_code == 0, res.output
+    assert f"pseudo-labelled: 5 images of {test} (25% of the crops)" in res.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]
+    assert saved["pseudo_path"] == str(test) and saved["pseudo_labels"] == str(labels)
+
+    res = runner.invoke(app, [*base, "--run-dir", str(tmp_path / "half"), "--pseudo-labels", str(labels)])
+    assert res.exit_code == 2 and "data.pseudo_labels is given without data.pseudo_path" in res.output
+    other = tmp_path / "other.csv"
+    other.write_text("ImageId,EncodedPixels\nnot-an-image,1 5\n")
+    res = runner.invoke(app, [*base, "--run-dir", str(tmp_path / "none"), "--pseudo-images", str(test),
+                              "--pseudo-labels", str(other)])
+    assert res.exit_code == 2 and f"{other} shares no ImageId with {test}" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "half").exists() and not (tmp_path / "none").exists()

@@ -477,3 +477,41 @@ def test_distillation_from_whole_image_maps(tmp_path, samples, tiny_train_cfg):
     assert not calls and (tmp_path / "taught" / "fold0" / "best.pt").is_file() and result.best_map >= 0
     n_train = sum(1 for f in load_folds(teacher_run / "folds.csv")["fold"] if f != 0)
     assert f"predicting the {n_train} training images once" in notes[0] and notes[1].startswith(f"teacher maps: {n_train} images")
+
+
+def test_pseudo_labelled_images_join_every_epoch_at_their_share(tmp_path, samples, tiny_train_cfg, monkeypatch):
+    """``pseudo`` samples (data.pseudo_*) are drawn for ``data.pseudo_share`` of the crops,
+    after the fold's training images, and never validated on."""
+    import dsb.train as train_module
+    from dsb.data.dataset import Sample, with_pseudo_weights
+
+    seen = {}
+    real_dataset, real_evaluate = train_module.EpochDataset, train_module.evaluate_samples
+
+    def spy_dataset(train_samples, *args, weights=None, **kwargs):
+        seen["samples"], seen["weights"] = list(train_samples), weights
+        return real_dataset(train_samples, *args, weights=weights, **kwargs)
+
+    def spy_evaluate(model, val_samples, *args, **kwargs):
+        seen["validated"] = [s.image_id for s in val_samples]
+        return real_evaluate(model, val_samples, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "EpochDataset", spy_dataset)
+    monkeypatch.setattr(train_module, "evaluate_samples", spy_evaluate)
+    pseudo = [Sample(f"pseudo{i}", s.image, s.label_map, s.image_type) for i, s in enumerate(samples[:3])]
+    cfg = tiny_train_cfg(epochs=1, steps_per_epoch=2, val_every=1, sampling="balanced", sections={"data": {"pseudo_share": 0.4}})
+    train_fold(cfg, tmp_path / "run", 0, samples, pseudo=pseudo)
+
+    ids = [s.image_id for s in seen["samples"]]
+    assert ids[-3:] == ["pseudo0", "pseudo1", "pseudo2"] and not any(i.startswith("pseudo") for i in ids[:-3])
+    assert not any(i.startswith("pseudo") for i in seen["validated"]) and set(seen["validated"]).isdisjoint(ids)
+    weights = np.asarray(seen["weights"])
+    assert weights[-3:].sum() == pytest.approx(0.4) and weights[-3:] == pytest.approx([0.4 / 3] * 3)
+    assert weights.sum() == pytest.approx(1.0)
+    # The labelled images keep their balanced sampling within the rest; without pseudo-labels
+    # the same run draws them exactly so.
+    train_fold(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pseudo_share=0.25)), tmp_path / "plain", 0, samples)
+    assert [s.image_id for s in seen["samples"]] == ids[:-3]
+    assert weights[:-3] == pytest.approx(0.6 * np.asarray(seen["weights"]))
+    with pytest.raises(ValueError):
+        with_pseudo_weights(None, 2, 0, 0.3)

@@ -113,6 +113,21 @@ def balanced_weights(groups: Sequence[str], image_types: Sequence[str]) -> np.nd
     return weights / weights.sum()
 
 
+def with_pseudo_weights(weights: Optional[Sequence[float]], n_labelled: int, n_pseudo: int,
+                        share: float) -> np.ndarray:
+    """Sampling weights of ``n_labelled`` labelled images followed by ``n_pseudo``
+    pseudo-labelled ones: the pseudo-labelled images draw ``share`` of the crops, evenly, and
+    the labelled ones the rest in proportion to ``weights`` (None: evenly). Sums to 1.
+
+    >>> [round(float(v), 3) for v in with_pseudo_weights([1, 3], 2, 2, 0.2)]
+    [0.2, 0.6, 0.1, 0.1]
+    """
+    labelled = np.full(n_labelled, 1.0) if weights is None else np.asarray(weights, dtype=np.float64)
+    if labelled.shape != (n_labelled,) or n_labelled == 0 or n_pseudo == 0 or not 0 < share < 1:
+        raise ValueError("with_pseudo_weights: a weight per labelled image, images of both kinds, 0 < share < 1")
+    return np.concatenate([(1.0 - share) * labelled / labelled.sum(), np.full(n_pseudo, share / n_pseudo)])
+
+
 def normalise_sample_size(sample: Sample, scale: float) -> Sample:
     """``sample`` resized by ``scale`` (image bilinear, or area-averaged when shrinking;
     label map nearest-neighbour, so instances keep their ids)."""

@@ -19,7 +19,7 @@ from dsb.data.kaggle import open_stage
 from dsb.data.synthetic import generate_samples
 from dsb.errors import DataError
 
-__all__ = ["Sample", "load_samples", "sample_groups"]
+__all__ = ["Sample", "load_pseudo_samples", "load_samples", "sample_groups"]
 
 
 def load_samples(data: DataConfig, invert_light_background: bool) -> list[Sample]:
@@ -34,6 +34,24 @@ def load_samples(data: DataConfig, invert_light_background: bool) -> list[Sample
         items = ((i, stage.read_image_uint8(i), stage.read_label_map(i)) for i in stage.labelled_ids)
     samples = []
     for image_id, image, label_map in items:
+        image_type = classify_image(image.astype(np.float32) / 255.0)
+        samples.append(Sample(image_id, prepare_image(image, invert_light_background), label_map, image_type))
+    return samples
+
+
+def load_pseudo_samples(data: DataConfig, invert_light_background: bool) -> list[Sample]:
+    """The pseudo-labelled images of ``data`` (``data.pseudo_path`` with the predicted
+    labels of ``data.pseudo_labels``, an RLE CSV) in memory, as :func:`load_samples` loads
+    labelled ones; none when ``data.pseudo_path`` is not set."""
+    if not data.pseudo_path:
+        return []
+    stage = open_stage(data.pseudo_path, labels=data.pseudo_labels)
+    if not stage.has_labels:
+        raise DataError(f"data.pseudo_labels: {data.pseudo_labels} has no row for any image of "
+                        f"data.pseudo_path {data.pseudo_path}")
+    samples = []
+    for image_id in stage.labelled_ids:
+        image, label_map = stage.read_image_uint8(image_id), stage.read_label_map(image_id)
         image_type = classify_image(image.astype(np.float32) / 255.0)
         samples.append(Sample(image_id, prepare_image(image, invert_light_background), label_map, image_type))
     return samples
