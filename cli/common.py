@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import shlex
 import typing
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -78,3 +79,21 @@ def progress_bar(**kwargs) -> Progress:
     """A rich progress bar on the human console: description, bar, n/total, elapsed."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, **kwargs)
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The running command, rebuilt from its parsed options (recorded in run.json)."""
+    # The program name is whatever started Python (`dsb`, `python -m cli.main`, `-c`): the
+    # record names the command a user would type.
+    parts = ["dsb", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or param.name == "max_epochs":
+            continue
+        flag = param.opts[0]
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            parts += [flag, str(item)]
+    return shlex.join(parts)

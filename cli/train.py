@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.common import console, dsb_command
+from cli.common import command_line, console, dsb_command
 from dsb.config import load_config
 from dsb.data.folds import parse_folds
 from dsb.errors import ConfigError, DsbError
@@ -18,24 +17,6 @@ from dsb.rundir import RunDir
 
 # The library's torch-based modules are imported inside the command: `dsb --help` and the
 # light commands start in a fraction of a second instead of the seconds torch takes.
-
-
-def _command_line(ctx: typer.Context) -> str:
-    """The running command, rebuilt from its parsed options (recorded in run.json)."""
-    # The program name is whatever started Python (`dsb`, `python -m cli.main`, `-c`): the
-    # record names the command a user would type.
-    parts = ["dsb", *ctx.command_path.split()[1:]]
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if value is None or param.name == "max_epochs":
-            continue
-        flag = param.opts[0]
-        if isinstance(value, bool):
-            parts += [flag] if value else []
-            continue
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            parts += [flag, str(item)]
-    return shlex.join(parts)
 
 
 def _chosen_folds(fold: Optional[int], folds: Optional[str], n_folds: int) -> list[int]:
@@ -78,14 +59,9 @@ def register(app: typer.Typer) -> None:
         from dsb.train import check_init_start, check_run_config, check_run_start, record_run, train_fold
 
         overrides = list(set_ or [])
-        if data is not None:
-            overrides.append(f"data.path={json.dumps(str(data))}")
-        if labels is not None:
-            overrides.append(f"data.labels={json.dumps(labels)}")
-        if pseudo_images is not None:
-            overrides.append(f"data.pseudo_path={json.dumps(str(pseudo_images))}")
-        if pseudo_labels is not None:
-            overrides.append(f"data.pseudo_labels={json.dumps(str(pseudo_labels))}")
+        for key, value in (("path", data), ("labels", labels), ("pseudo_path", pseudo_images), ("pseudo_labels", pseudo_labels)):
+            if value is not None:
+                overrides.append(f"data.{key}={json.dumps(str(value))}")
         if full and (fold is not None or folds is not None):
             raise ConfigError("--full trains on every image; do not pass --fold/--folds with it")
         if resume is not None:
@@ -122,7 +98,7 @@ def register(app: typer.Typer) -> None:
                 if pseudo:
                     console.print(f"pseudo-labelled: {len(pseudo)} images of {cfg.data.pseudo_path} "
                                   f"({cfg.data.pseudo_share:.0%} of the crops)")
-                record_run(run_dir, chosen, _command_line(ctx), resumed=resume is not None)
+                record_run(run_dir, chosen, command_line(ctx), resumed=resume is not None)
             reuse_freed_memory()  # each step's activations reuse the last one's memory (benchmarks/malloc_reuse.py --train)
             results = []
             for k in chosen:

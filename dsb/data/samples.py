@@ -31,7 +31,17 @@ def load_samples(data: DataConfig, invert_light_background: bool) -> list[Sample
         stage = open_stage(data.path, labels=data.labels)
         if not stage.has_labels:
             raise DataError(f"{data.path}: has no instance labels (masks/ or data.labels CSV)")
-        items = ((i, stage.read_image_uint8(i), stage.read_label_map(i)) for i in stage.labelled_ids)
+        items = _stage_items(stage)
+    return _as_samples(items, invert_light_background)
+
+
+def _stage_items(stage):
+    """A stage's labelled images, read lazily as ``(image_id, uint8 image, label map)``."""
+    return ((i, stage.read_image_uint8(i), stage.read_label_map(i)) for i in stage.labelled_ids)
+
+
+def _as_samples(items, invert_light_background: bool) -> list[Sample]:
+    """``(image_id, uint8 image, label map)`` items as samples, typed and prepared for the model."""
     samples = []
     for image_id, image, label_map in items:
         image_type = classify_image(image.astype(np.float32) / 255.0)
@@ -49,12 +59,7 @@ def load_pseudo_samples(data: DataConfig, invert_light_background: bool) -> list
     if not stage.has_labels:
         raise DataError(f"data.pseudo_labels: {data.pseudo_labels} has no row for any image of "
                         f"data.pseudo_path {data.pseudo_path}")
-    samples = []
-    for image_id in stage.labelled_ids:
-        image, label_map = stage.read_image_uint8(image_id), stage.read_label_map(image_id)
-        image_type = classify_image(image.astype(np.float32) / 255.0)
-        samples.append(Sample(image_id, prepare_image(image, invert_light_background), label_map, image_type))
-    return samples
+    return _as_samples(_stage_items(stage), invert_light_background)
 
 
 _GROUP_CACHE: dict = {}
