@@ -614,18 +614,15 @@ def train_fold(
         group_of = dict(zip(folds["image_id"], folds["group"])) if "group" in folds.columns else {}
         groups = [group_of.get(s.image_id) or s.image_type for s in train_samples]
         weights = balanced_weights(groups, [s.image_type for s in train_samples])
+    if pseudo:  # after the labelled images, with their share of the draws
+        weights = with_pseudo_weights(weights, len(train_samples), len(pseudo), cfg.data.pseudo_share)
+        train_samples = [*train_samples, *pseudo]
     if cfg.augment.normalize_area_px > 0:
         train_samples = [
             normalise_sample_size(s, choose_scale(s.label_map, cfg.augment.normalize_area_px,
                                                   cfg.infer.rescale_min, cfg.infer.rescale_max))
             for s in train_samples
         ]
-    if pseudo:
-        pseudo = [normalise_sample_size(s, choose_scale(s.label_map, cfg.augment.normalize_area_px,
-                                                        cfg.infer.rescale_min, cfg.infer.rescale_max))
-                  if cfg.augment.normalize_area_px > 0 else s for s in pseudo]
-        weights = with_pseudo_weights(weights, len(train_samples), len(pseudo), cfg.data.pseudo_share)
-        train_samples = [*train_samples, *pseudo]
     teacher_maps = None
     if teacher is not None and cfg.train.distill_maps == "images":
         t0 = time.perf_counter()
